@@ -1,0 +1,50 @@
+"""jaxguides: NumPyro's AutoNormal and AutoDelta as pure JAX functions over a params pytree."""
+
+from numpyro.infer.initialization import (
+    init_to_feasible,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+    init_to_uniform,
+    init_to_value,
+)
+
+from jaxguides._delta import AutoDelta, AutoDeltaParams
+from jaxguides._elbo import ELBOLoss, elbo_loss
+from jaxguides._errors import (
+    CheckpointError,
+    ModelTraceError,
+    NonFiniteLossError,
+    ParamsMismatchError,
+    SiteError,
+)
+from jaxguides._interop import from_numpyro_params, to_numpyro_params
+from jaxguides._normal import AutoNormal, AutoNormalParams
+from jaxguides._sites import LatentSite, ModelSites, PlateFrame
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoDelta",
+    "AutoDeltaParams",
+    "AutoNormal",
+    "AutoNormalParams",
+    "CheckpointError",
+    "ELBOLoss",
+    "LatentSite",
+    "ModelSites",
+    "ModelTraceError",
+    "NonFiniteLossError",
+    "ParamsMismatchError",
+    "PlateFrame",
+    "SiteError",
+    "elbo_loss",
+    "from_numpyro_params",
+    "init_to_feasible",
+    "init_to_mean",
+    "init_to_median",
+    "init_to_sample",
+    "init_to_uniform",
+    "init_to_value",
+    "to_numpyro_params",
+]

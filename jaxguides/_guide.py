@@ -1,0 +1,159 @@
+"""What AutoNormal and AutoDelta share: params checks, subsample-aware value
+handling, and running the model for ``numpyro.deterministic`` sites.
+
+A guide is a frozen dataclass over static config (model, init strategy,
+``create_plates``): hashable, so it can be a static argument of ``jax.jit``,
+and holding no state. Everything else is in ``params``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions import Distribution
+
+from jaxguides._errors import ParamsMismatchError, SiteError
+from jaxguides._sites import LatentSite, ModelSites, model_name
+from jaxguides._subsample import Indices, user_plate_indices
+
+__all__ = ["Draw", "GuideBase"]
+
+
+class Draw(NamedTuple):
+    """One site of one guide draw, as the ELBO needs it.
+
+    Attributes:
+        value: constrained value for the current subsample.
+        log_prob: guide log density of ``value``, summed and scaled by
+            ``size / subsample_size`` of the site's subsampled plates.
+        dist: the guide's distribution of the site (constrained space, over the
+            current subsample), for analytic KL terms.
+    """
+
+    value: jax.Array
+    log_prob: jax.Array
+    dist: Distribution
+
+
+class GuideBase:
+    """Methods common to the automatic guides.
+
+    Subclasses are frozen dataclasses with fields ``model``, ``init_loc_fn``
+    and ``create_plates`` (static config only) and name their params type.
+    """
+
+    model: Callable[..., Any]
+    init_loc_fn: Callable[..., Any]
+    create_plates: Callable[..., Any] | None
+    params_type: ClassVar[type]
+
+    # ---- params checks -------------------------------------------------------
+    def check_params(self, params: Any) -> ModelSites:
+        """Refuse params of another guide type or another model; return their sites."""
+        if not isinstance(params, self.params_type):
+            raise ParamsMismatchError(
+                f"{type(self).__name__} got params of type {type(params).__name__}; "
+                f"pass the {self.params_type.__name__} made by {type(self).__name__}.init "
+                "(or jg.from_numpyro_params for NumPyro params)."
+            )
+        name = model_name(self.model)
+        if params.sites.model != name:
+            raise ParamsMismatchError(
+                f"these params were made for model {params.sites.model!r}, but this guide "
+                f"is for {name!r}; call guide.init(rng_key, *args) for this model."
+            )
+        return params.sites
+
+    # ---- values -------------------------------------------------------------
+    def value_indices(
+        self, sites: ModelSites, values: dict[str, jax.Array], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Indices:
+        """Indices for ``values`` given at subsample size (``{}`` if all are full size)."""
+        need = set()
+        for site in sites.latents:
+            if site.name not in values:
+                raise SiteError(site.name, f"no value given for latent site '{site.name}'; pass a value for every latent site")
+            shape = tuple(jnp.shape(values[site.name]))
+            if shape == site.shape:
+                continue
+            sub = _subsample_shape(site)
+            if shape != sub or sub == site.shape:
+                raise SiteError(
+                    site.name,
+                    f"value of site '{site.name}' has shape {shape}; expected the full-size "
+                    f"shape {site.shape}" + (f" or the subsample shape {sub}" if sub != site.shape else ""),
+                )
+            need.update(f.name for f in site.plates if f.subsampled)
+        if not need:
+            return {}
+        indices = user_plate_indices(self.create_plates, jax.random.PRNGKey(0), args, kwargs)
+        missing = need - set(indices)
+        if missing:
+            raise ValueError(
+                f"values are given at subsample size for plate(s) {sorted(missing)}, but the "
+                "guide cannot know which rows they are: pass full-size values, or build "
+                "the guide with create_plates returning those plates."
+            )
+        return indices
+
+    # ---- deterministic sites --------------------------------------------------
+    def with_deterministic(
+        self,
+        sites: ModelSites,
+        latents: dict[str, jax.Array],
+        rng_key: jax.Array,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        batch_shape: tuple[int, ...] = (),
+    ) -> dict[str, jax.Array]:
+        """``latents`` plus the model's deterministic sites computed from them.
+
+        The model is run with ``args`` (at full plate size) only if it has
+        deterministic sites and can be called with these args; otherwise the
+        latents are returned alone.
+        """
+        if not sites.deterministic or not _can_call(self.model, args, kwargs):
+            return latents
+        full = {p.name: jnp.arange(p.size) for p in sites.subsampled_plates}
+        model = self.model
+
+        def run(z: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+            seeded = handlers.seed(handlers.substitute(model, data={**z, **full}), key)
+            with warnings.catch_warnings():  # full-size plates warn that they are not subsampled
+                warnings.filterwarnings("ignore", message="subsample_size does not match")
+                tr = handlers.trace(seeded).get_trace(*args, **kwargs)
+            return {n: tr[n]["value"] for n in sites.deterministic}
+
+        n = int(np.prod(batch_shape)) if batch_shape else 0
+        if not batch_shape:
+            det = run(latents, rng_key)
+        else:
+            flat = {k: v.reshape((n,) + v.shape[len(batch_shape) :]) for k, v in latents.items()}
+            det = jax.vmap(run)(flat, jax.random.split(rng_key, n))
+            det = {k: v.reshape(batch_shape + v.shape[1:]) for k, v in det.items()}
+        return {**latents, **det}
+
+
+def _subsample_shape(site: LatentSite) -> tuple[int, ...]:
+    shape = list(site.shape)
+    for frame in site.plates:
+        if frame.subsampled:
+            shape[site.plate_axis(frame, unconstrained=False)] = frame.subsample_size
+    return tuple(shape)
+
+
+def _can_call(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    try:
+        inspect.signature(model).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True

@@ -1,0 +1,229 @@
+"""AutoNormal: a mean-field Normal guide in unconstrained space.
+
+Each latent site ``z`` gets ``u ~ Normal(loc, softplus(raw_scale))`` with the
+site's unconstrained event dims reinterpreted as one event, and
+``z = biject_to(support)(u)`` -- the numerics of NumPyro's
+``numpyro.infer.autoguide.AutoNormal``, as pure functions of ``params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax.typing import ArrayLike
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.initialization import init_to_feasible
+
+from jaxguides._guide import Draw, GuideBase
+from jaxguides._sites import LatentSite, ModelSites, is_identity, trace_model
+from jaxguides._subsample import Indices, gather_rows, plate_scale
+
+__all__ = ["AutoNormal", "AutoNormalParams"]
+
+_SCALE = biject_to(constraints.softplus_positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoNormalParams:
+    """Params of :class:`AutoNormal`: a pytree (the site description is static).
+
+    Attributes:
+        loc: ``{site: Array[site.unconstrained_shape]}``, unconstrained, full plate size.
+        raw_scale: ``{site: Array[site.unconstrained_shape]}``; the guide's scale
+            is ``softplus(raw_scale)`` (see :attr:`scale`).
+        support: ``{site: tuple of arrays}``, array-valued parameters of the
+            site's support (e.g. an interval's bounds); constant, never trained.
+        sites: static description of the model's sites (lives in the treedef).
+    """
+
+    loc: dict[str, jax.Array]
+    raw_scale: dict[str, jax.Array]
+    support: dict[str, tuple[jax.Array, ...]]
+    sites: ModelSites
+
+    @property
+    def scale(self) -> dict[str, jax.Array]:
+        """The guide's scale per site, ``softplus(raw_scale)``."""
+        return {k: _SCALE(v) for k, v in self.raw_scale.items()}
+
+
+jax.tree_util.register_dataclass(
+    AutoNormalParams, data_fields=["loc", "raw_scale", "support"], meta_fields=["sites"]
+)
+
+
+def _check_init_scale(init_scale: Any) -> float:
+    ok = isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
+    if not ok or not math.isfinite(init_scale) or init_scale <= 0:
+        raise ValueError(f"init_scale must be a finite float > 0, got {init_scale!r}; the default is 0.1.")
+    return float(init_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoNormal(GuideBase):
+    """Mean-field Normal guide in unconstrained space (Pyro's / NumPyro's AutoNormal).
+
+    Args:
+        model: a NumPyro model.
+        init_loc_fn: any NumPyro init strategy for the locs (default
+            ``init_to_feasible``).
+        init_scale: initial scale of every site in unconstrained space; a
+            finite float > 0.
+        create_plates: optional ``f(*args, **kwargs) -> plate | [plates]``
+            fixing the subsample indices of those plates.
+
+    Examples:
+        >>> import jax, numpyro, numpyro.distributions as dist, jaxguides as jg
+        >>> def model():
+        ...     numpyro.sample("x", dist.LogNormal(0.0, 1.0))
+        >>> guide = jg.AutoNormal(model)
+        >>> params = guide.init(jax.random.PRNGKey(0))
+        >>> guide.sample(params, jax.random.PRNGKey(1), sample_shape=(5,))["x"].shape
+        (5,)
+    """
+
+    model: Callable[..., Any]
+    init_loc_fn: Callable[..., Any] = dataclasses.field(default=init_to_feasible, kw_only=True)
+    init_scale: float = dataclasses.field(default=0.1, kw_only=True)
+    create_plates: Callable[..., Any] | None = dataclasses.field(default=None, kw_only=True)
+
+    params_type = AutoNormalParams
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "init_scale", _check_init_scale(self.init_scale))
+
+    # ---- construction ---------------------------------------------------------
+    def init(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> AutoNormalParams:
+        """Trace the model once and build the initial params.
+
+        Returns:
+            ``AutoNormalParams`` with ``loc`` from ``init_loc_fn`` (mapped to
+            unconstrained space) and ``softplus(raw_scale) == init_scale``.
+        """
+        sites, locs, support = trace_model(self.model, rng_key, args, kwargs, self.init_loc_fn)
+        raw = {
+            n: jnp.full(jnp.shape(v), _SCALE.inv(jnp.asarray(self.init_scale, jnp.result_type(v))))
+            for n, v in locs.items()
+        }
+        return AutoNormalParams(loc=locs, raw_scale=raw, support=support, sites=sites)
+
+    # ---- the guide's distributions --------------------------------------------
+    def _site_dist(
+        self, site: LatentSite, params: AutoNormalParams, indices: Indices | None = None, stop_gradient: bool = False
+    ) -> dist.Distribution:
+        loc = gather_rows(site, params.loc[site.name], indices)
+        scale = _SCALE(gather_rows(site, params.raw_scale[site.name], indices))
+        if stop_gradient:
+            loc, scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(scale)
+        base = dist.Normal(loc, scale).to_event(site.unconstrained_event_dim)
+        transform = site.transform(jax.lax.stop_gradient(params.support[site.name]))
+        return base if is_identity(transform) else dist.TransformedDistribution(base, transform)
+
+    def get_posterior(self, params: AutoNormalParams) -> dict[str, dist.Distribution]:
+        """``{site: numpyro Distribution}`` in constrained space, at full plate size."""
+        sites = self.check_params(params)
+        return {s.name: self._site_dist(s, params) for s in sites.latents}
+
+    # ---- public guide functions ----------------------------------------------
+    def sample(
+        self,
+        params: AutoNormalParams,
+        rng_key: jax.Array,
+        *args: Any,
+        sample_shape: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> dict[str, jax.Array]:
+        """Draw constrained values of every latent site (and deterministic sites).
+
+        Returns:
+            ``{site: Array[*sample_shape, *site.shape]}``; deterministic sites are
+            included when the model can be called with ``*args, **kwargs``.
+        """
+        sites = self.check_params(params)
+        sample_shape = tuple(sample_shape)
+        keys = jax.random.split(rng_key, len(sites.latents) + 1)
+        out = {}
+        for key, site in zip(keys[1:], sites.latents):
+            eps = jax.random.normal(key, sample_shape + site.unconstrained_shape, params.loc[site.name].dtype)
+            u = params.loc[site.name] + _SCALE(params.raw_scale[site.name]) * eps
+            out[site.name] = site.transform(params.support[site.name])(u)
+        return self.with_deterministic(sites, out, keys[0], args, kwargs, sample_shape)
+
+    def log_prob(self, params: AutoNormalParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any) -> jax.Array:
+        """Guide log density of constrained ``values`` (Jacobian included), a scalar.
+
+        Values at subsample size (with ``create_plates`` fixing the rows) are
+        scored on those rows and scaled by ``size / subsample_size``, as NumPyro
+        scores its guide inside a subsampled plate.
+        """
+        sites = self.check_params(params)
+        values = {k: jnp.asarray(v) for k, v in values.items()}
+        indices = self.value_indices(sites, values, args, kwargs)
+        total = jnp.zeros(())
+        for site in sites.latents:
+            value = values[site.name]
+            sub = indices if tuple(value.shape) != site.shape else None
+            lp = jnp.sum(self._site_dist(site, params, sub).log_prob(value))
+            total = total + plate_scale(site, sub) * lp
+        return total
+
+    def median(self, params: AutoNormalParams, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        """``{site: biject_to(support)(loc)}`` (plus deterministic sites given args)."""
+        sites = self.check_params(params)
+        out = {s.name: s.transform(params.support[s.name])(params.loc[s.name]) for s in sites.latents}
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs)
+
+    def quantiles(
+        self, params: AutoNormalParams, qs: Sequence[float] | ArrayLike, *args: Any, **kwargs: Any
+    ) -> dict[str, jax.Array]:
+        """Per-coordinate quantiles in unconstrained space, mapped to constrained space.
+
+        Returns:
+            ``{site: Array[len(qs), *site.shape]}``, as NumPyro's ``quantiles``
+            (deterministic sites, computed from those values, when the model
+            can be called with ``*args, **kwargs``).
+        """
+        sites = self.check_params(params)
+        qs = jnp.asarray(qs)
+        out = {}
+        for s in sites.latents:
+            loc = params.loc[s.name]
+            q = qs.reshape((-1,) + (1,) * loc.ndim).astype(loc.dtype)
+            u = dist.Normal(loc, _SCALE(params.raw_scale[s.name])).icdf(q)
+            out[s.name] = s.transform(params.support[s.name])(u)
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, (qs.size,))
+
+    # ---- for the ELBO ------------------------------------------------------------
+    def draw(
+        self,
+        params: AutoNormalParams,
+        rng_key: jax.Array,
+        indices: Indices | None = None,
+        stick_the_landing: bool = False,
+    ) -> dict[str, Draw]:
+        """One reparameterised draw for the current subsample, with log densities.
+
+        With ``stick_the_landing`` the log density is evaluated with
+        stopped-gradient params (the path-derivative estimator).
+        """
+        sites = self.check_params(params)
+        keys = jax.random.split(rng_key, len(sites.latents))
+        out = {}
+        for key, site in zip(keys, sites.latents):
+            q = self._site_dist(site, params, indices)
+            score = self._site_dist(site, params, indices, stop_gradient=True) if stick_the_landing else q
+            if isinstance(q, dist.TransformedDistribution):
+                value, intermediates = q.sample_with_intermediates(key)
+                lp = score.log_prob(value, intermediates)
+            else:
+                value = q.rsample(key)
+                lp = score.log_prob(value)
+            out[site.name] = Draw(value, plate_scale(site, indices) * jnp.sum(lp), q)
+        return out

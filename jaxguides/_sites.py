@@ -1,0 +1,367 @@
+"""Tracing a NumPyro model once into a static, hashable description of its sites.
+
+``trace_model`` runs the model a single time under NumPyro's own handlers
+(``seed``, ``substitute`` with the init strategy, ``trace``) and returns
+
+* a :class:`ModelSites`: frozen dataclasses holding names, shapes, event dims,
+  plate frames and the support's pytree structure -- everything static, so it
+  can live in the treedef of a params pytree and key ``jax.jit`` caches;
+* the initial unconstrained value of every latent site, repeated to full plate
+  size the way NumPyro does it for subsampled plates;
+* the array-valued leaves of each support (an ``interval``'s bounds), which are
+  data, not static, and so travel inside params.
+
+It works under ``jax.jit`` / ``jax.vmap`` (only shapes are read statically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import PyTreeDef
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import IdentityTransform, Transform, biject_to
+from numpyro.distributions.util import periodic_repeat
+from numpyro.primitives import Messenger
+
+from jaxguides._errors import ModelTraceError, SiteError
+
+__all__ = [
+    "LatentSite",
+    "ModelSites",
+    "PlateFrame",
+    "model_name",
+    "trace_model",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateFrame:
+    """A ``numpyro.plate`` as seen while tracing.
+
+    Attributes:
+        name: plate name.
+        size: full size of the plate.
+        subsample_size: rows per call (``== size`` when not subsampled).
+        dim: the batch dim (negative) the plate occupies, ``None`` if no latent
+            or observed site was inside it.
+    """
+
+    name: str
+    size: int
+    subsample_size: int
+    dim: int | None
+
+    @property
+    def subsampled(self) -> bool:
+        return self.subsample_size != self.size
+
+
+@dataclasses.dataclass(frozen=True)
+class SupportSpec:
+    """A NumPyro constraint split into its static structure and its leaves.
+
+    NumPyro constraints are pytrees; their treedef is hashable. Python-scalar
+    leaves (``greater_than(1.0)``) are kept here, static; array leaves (an
+    interval with array bounds) are data and live in ``params.support``.
+    """
+
+    treedef: PyTreeDef
+    static_leaves: tuple[tuple[int, float], ...]
+    num_leaves: int
+
+    @classmethod
+    def split(cls, support: constraints.Constraint) -> tuple[SupportSpec, tuple[jax.Array, ...]]:
+        leaves, treedef = jax.tree_util.tree_flatten(support)
+        static, data = [], []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, (bool, int, float)):
+                static.append((i, leaf))
+            else:
+                data.append(jnp.asarray(leaf))
+        return cls(treedef, tuple(static), len(leaves)), tuple(data)
+
+    def build(self, data: tuple[jax.Array, ...] = ()) -> constraints.Constraint:
+        """Rebuild the constraint from its array leaves."""
+        static = dict(self.static_leaves)
+        data_iter = iter(data)
+        leaves = [static[i] if i in static else next(data_iter) for i in range(self.num_leaves)]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSite:
+    """A latent (unobserved, continuous) sample site.
+
+    Attributes:
+        name: site name.
+        shape: full-size constrained shape (batch + event), plates at full size.
+        event_dim: event dims of the model's distribution at this site.
+        unconstrained_shape: full-size shape in unconstrained space.
+        unconstrained_event_dim: event dims in unconstrained space; the guide
+            reinterprets these as one event (``event_dim`` + the change in rank
+            made by the bijection, as NumPyro's AutoNormal does).
+        support: static part of the site's support.
+        plates: the plates the site sits in, outermost first.
+        dtype: dtype name of the site's value.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    event_dim: int
+    unconstrained_shape: tuple[int, ...]
+    unconstrained_event_dim: int
+    support: SupportSpec
+    plates: tuple[PlateFrame, ...]
+    dtype: str
+
+    def transform(self, support_data: tuple[jax.Array, ...] = ()) -> Transform:
+        """The bijection from unconstrained space onto the support."""
+        return biject_to(self.support.build(support_data))
+
+    def plate_axis(self, frame: PlateFrame, unconstrained: bool = True) -> int:
+        """Axis (negative) of ``frame`` in this site's (unconstrained) value."""
+        assert frame.dim is not None
+        event_dim = self.unconstrained_event_dim if unconstrained else self.event_dim
+        return frame.dim - event_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSites:
+    """Static description of a model's sites, as traced by ``guide.init``.
+
+    Attributes:
+        model: the model's qualified name (used to refuse params of another model).
+        latents: latent sites, in the order the model samples them.
+        observed: names of observed sample sites (``numpyro.factor`` excluded).
+        factors: names of ``numpyro.factor`` sites.
+        deterministic: names of ``numpyro.deterministic`` sites.
+        plates: every plate the model entered.
+    """
+
+    model: str
+    latents: tuple[LatentSite, ...]
+    observed: tuple[str, ...]
+    factors: tuple[str, ...]
+    deterministic: tuple[str, ...]
+    plates: tuple[PlateFrame, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.latents)
+
+    @property
+    def subsampled_plates(self) -> tuple[PlateFrame, ...]:
+        return tuple(p for p in self.plates if p.subsampled)
+
+    def __getitem__(self, name: str) -> LatentSite:
+        for site in self.latents:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+
+def model_name(model: Callable[..., Any]) -> str:
+    """A stable name for a model callable (module + qualified name)."""
+    target = model
+    while hasattr(target, "func"):  # functools.partial
+        target = target.func
+    qualname = getattr(target, "__qualname__", type(target).__qualname__)
+    return f"{getattr(target, '__module__', '?')}.{qualname}"
+
+
+class _SiteGuard(Messenger):
+    """Checks each latent site before the init strategy sees it.
+
+    Records the last site reached (for errors raised by the model itself) and
+    turns discrete or bijection-less supports into a ``SiteError`` naming the
+    site and the fix.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        super().__init__(fn)
+        self.last_site: str | None = None
+
+    def process_message(self, msg: dict[str, Any]) -> None:
+        if msg.get("name") is not None and msg["type"] in ("sample", "deterministic", "plate"):
+            self.last_site = msg["name"]
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        check_continuous(msg["name"], msg["fn"])
+
+
+def check_continuous(name: str, fn: Any) -> None:
+    """Raise ``SiteError`` unless ``fn``'s support has a bijection to real space."""
+    support = fn.support
+    if support.is_discrete:
+        raise SiteError(
+            name,
+            f"latent site '{name}' is discrete ({type(fn).__name__}, support "
+            f"{support}); AutoNormal and AutoDelta need continuous latents. "
+            "Observe it (obs=...), marginalise it out by hand, or use a "
+            "continuous relaxation (e.g. RelaxedBernoulli).",
+        )
+    try:
+        biject_to(support)
+    except NotImplementedError:
+        raise SiteError(
+            name,
+            f"latent site '{name}' has support {support} with no bijection to "
+            "real space, so it cannot be optimised in unconstrained space. "
+            "Reparameterise it (e.g. ProjectedNormal with "
+            "numpyro.infer.reparam.ProjectedNormalReparam for a sphere).",
+        ) from None
+
+
+def _full_shape(shape: tuple[int, ...], frames: list[Any], event_dim: int, full: dict[str, int]) -> tuple[int, ...]:
+    out = list(shape)
+    for frame in frames:
+        axis = frame.dim - event_dim
+        if -len(out) <= axis < 0 and out[axis] == frame.size:
+            out[axis] = full[frame.name]
+    return tuple(out)
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_init_value(name: str, fn: Any, value: Any) -> None:
+    expected = tuple(fn.shape())
+    if tuple(jnp.shape(value)) != expected:
+        raise SiteError(
+            name,
+            f"init value of site '{name}' has shape {tuple(jnp.shape(value))} but "
+            f"the site has shape {expected}; give init_to_value a value of that shape.",
+        )
+    if _is_concrete(value) and not bool(np.all(np.asarray(fn.support(value)))):
+        raise SiteError(
+            name,
+            f"init value of site '{name}' lies outside its support {fn.support}; "
+            "give init_to_value a value inside the support.",
+        )
+
+
+def trace_model(
+    model: Callable[..., Any],
+    rng_key: jax.Array,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    init_loc_fn: Callable[..., Any],
+) -> tuple[ModelSites, dict[str, jax.Array], dict[str, tuple[jax.Array, ...]]]:
+    """Run ``model`` once and describe its sites.
+
+    Returns:
+        ``(sites, init_unconstrained, support_data)`` where ``init_unconstrained``
+        maps each latent site to its initial value in unconstrained space at full
+        plate size (shape ``site.unconstrained_shape``) and ``support_data``
+        maps each site to its support's array leaves.
+
+    Raises:
+        SiteError: a discrete or bijection-less latent, or a bad init value.
+        ModelTraceError: the model itself raised; names the last site reached.
+    """
+    _check_signature(model, args, kwargs)
+    guard = _SiteGuard(handlers.seed(model, rng_key))
+    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=init_loc_fn))
+    try:
+        trace = tracer.get_trace(*args, **kwargs)
+    except (SiteError, ModelTraceError):
+        raise
+    except Exception as err:  # the model's own error: say where it happened
+        where = f"at or just after site '{guard.last_site}'" if guard.last_site else "before its first site"
+        raise ModelTraceError(
+            guard.last_site,
+            f"the model raised {type(err).__name__} while jaxguides traced it "
+            f"({where}): {err}. Check that the model runs with these args, e.g. "
+            "numpyro.handlers.seed(model, 0)(*args, **kwargs).",
+        ) from err
+    return _describe(model, trace)
+
+
+def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        sig = inspect.signature(model)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"the model {model_name(model)}{sig} cannot be called with these args: {err}") from None
+
+
+def _describe(
+    model: Callable[..., Any], trace: dict[str, dict[str, Any]]
+) -> tuple[ModelSites, dict[str, jax.Array], dict[str, tuple[jax.Array, ...]]]:
+    full_sizes = {n: s["args"][0] for n, s in trace.items() if s["type"] == "plate"}
+    plate_dims: dict[str, int] = {}
+    for site in trace.values():
+        for frame in site.get("cond_indep_stack", ()):
+            plate_dims.setdefault(frame.name, frame.dim)
+    plates = {
+        n: PlateFrame(n, int(s["args"][0]), int(jnp.shape(s["value"])[0]), plate_dims.get(n))
+        for n, s in trace.items()
+        if s["type"] == "plate"
+    }
+    latents, observed, factors, deterministic = [], [], [], []
+    init_locs: dict[str, jax.Array] = {}
+    support_data: dict[str, tuple[jax.Array, ...]] = {}
+    for name, site in trace.items():
+        if site["type"] == "deterministic":
+            deterministic.append(name)
+            continue
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            (factors if type(site["fn"]).__name__ == "Unit" else observed).append(name)
+            continue
+        fn, value = site["fn"], site["value"]
+        _check_init_value(name, fn, value)
+        transform = biject_to(fn.support)
+        unconstrained = transform.inv(value)
+        event_dim = fn.event_dim
+        u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
+        frames = list(site["cond_indep_stack"])
+        for frame in frames:
+            if full_sizes[frame.name] != frame.size:
+                unconstrained = periodic_repeat(unconstrained, full_sizes[frame.name], frame.dim - u_event_dim)
+        spec, data = SupportSpec.split(fn.support)
+        latents.append(
+            LatentSite(
+                name=name,
+                shape=_full_shape(tuple(jnp.shape(value)), frames, event_dim, full_sizes),
+                event_dim=int(event_dim),
+                unconstrained_shape=tuple(jnp.shape(unconstrained)),
+                unconstrained_event_dim=int(u_event_dim),
+                support=spec,
+                plates=tuple(plates[f.name] for f in sorted(frames, key=lambda f: f.dim)),
+                dtype=jnp.result_type(value).name,
+            )
+        )
+        init_locs[name] = unconstrained
+        support_data[name] = data
+    if not latents:
+        raise ValueError(
+            f"the model {model_name(model)} has no latent sample sites, so there is "
+            "nothing for a guide to fit; every sample site is observed or a factor."
+        )
+    sites = ModelSites(
+        model=model_name(model),
+        latents=tuple(latents),
+        observed=tuple(observed),
+        factors=tuple(factors),
+        deterministic=tuple(deterministic),
+        plates=tuple(plates.values()),
+    )
+    return sites, init_locs, support_data
+
+
+def is_identity(transform: Transform) -> bool:
+    return isinstance(transform, IdentityTransform)

@@ -1,0 +1,76 @@
+"""Subsample indices for the subsampled plates of a model.
+
+The guide and the model must see the same rows: the ELBO draws one index
+array per subsampled plate here and hands it to both (the guide gathers its
+full-size params with it, the model gets it through ``substitute``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from numpyro import handlers
+
+from jaxguides._sites import LatentSite, PlateFrame
+
+__all__ = ["draw_indices", "gather_rows", "plate_scale", "user_plate_indices"]
+
+Indices = dict[str, jax.Array]
+
+
+def user_plate_indices(
+    create_plates: Callable[..., Any] | None, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Indices:
+    """Indices of the plates returned by a user's ``create_plates(*args, **kwargs)``."""
+    if create_plates is None:
+        return {}
+    with handlers.trace() as tr, handlers.seed(rng_seed=rng_key):
+        plates = create_plates(*args, **kwargs)
+    plates = [plates] if isinstance(plates, numpyro.plate) else list(plates)
+    if not all(isinstance(p, numpyro.plate) for p in plates):
+        raise TypeError("create_plates(*args, **kwargs) must return a numpyro.plate or an iterable of plates")
+    return {p.name: tr[p.name]["value"] for p in plates}
+
+
+def draw_indices(
+    plates: tuple[PlateFrame, ...],
+    rng_key: jax.Array,
+    create_plates: Callable[..., Any] | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> Indices:
+    """One index array (shape ``(subsample_size,)``) per subsampled plate.
+
+    Plates returned by ``create_plates`` use the user's indices; the others
+    draw ``subsample_size`` rows without replacement, as NumPyro does.
+    """
+    user_key, own_key = jax.random.split(rng_key)
+    indices = user_plate_indices(create_plates, user_key, args, kwargs or {})
+    for i, plate in enumerate(plates):
+        if plate.subsampled and plate.name not in indices:
+            key = jax.random.fold_in(own_key, i)
+            indices[plate.name] = jax.random.choice(key, plate.size, (plate.subsample_size,), replace=False)
+    return indices
+
+
+def gather_rows(site: LatentSite, x: jax.Array, indices: Indices | None, unconstrained: bool = True) -> jax.Array:
+    """Rows of a full-size per-site array ``x`` for the current subsample."""
+    if not indices:
+        return x
+    for frame in site.plates:
+        if frame.subsampled and frame.name in indices:
+            x = jnp.take(x, indices[frame.name], axis=site.plate_axis(frame, unconstrained))
+    return x
+
+
+def plate_scale(site: LatentSite, indices: Indices | None) -> float:
+    """``size / subsample_size`` over the subsampled plates ``site`` sits in."""
+    scale = 1.0
+    for frame in site.plates:
+        if indices and frame.subsampled and frame.name in indices:
+            scale *= frame.size / indices[frame.name].shape[0]
+    return scale
