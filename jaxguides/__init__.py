@@ -11,6 +11,7 @@ from numpyro.infer.initialization import (
 
 from jaxguides._delta import AutoDelta, AutoDeltaParams
 from jaxguides._elbo import ELBOLoss, elbo_loss
+from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._errors import (
     CheckpointError,
     ModelTraceError,
@@ -18,6 +19,7 @@ from jaxguides._errors import (
     ParamsMismatchError,
     SiteError,
 )
+from jaxguides._fit import SVI, FitResult, SVIState, fit, fit_many, svi
 from jaxguides._interop import from_numpyro_params, to_numpyro_params
 from jaxguides._normal import AutoNormal, AutoNormalParams
 from jaxguides._sites import LatentSite, ModelSites, PlateFrame
@@ -31,14 +33,19 @@ __all__ = [
     "AutoNormalParams",
     "CheckpointError",
     "ELBOLoss",
+    "FitResult",
     "LatentSite",
     "ModelSites",
     "ModelTraceError",
     "NonFiniteLossError",
     "ParamsMismatchError",
     "PlateFrame",
+    "SVI",
+    "SVIState",
     "SiteError",
     "elbo_loss",
+    "fit",
+    "fit_many",
     "from_numpyro_params",
     "init_to_feasible",
     "init_to_mean",
@@ -46,5 +53,8 @@ __all__ = [
     "init_to_sample",
     "init_to_uniform",
     "init_to_value",
+    "load_checkpoint",
+    "save_checkpoint",
+    "svi",
     "to_numpyro_params",
 ]

@@ -1,0 +1,465 @@
+"""The SVI loop: a pure ``init`` / ``step`` pair, and ``fit`` on top of it.
+
+``svi(model, guide, optimizer)`` gives blackjax-style ``SVI(init, step)``:
+``init(rng_key, *args, **kwargs) -> SVIState`` and
+``step(state, *args, **kwargs) -> (state, loss)``, both pure and jittable.
+A step whose loss or gradient is not finite leaves params and optimizer
+state untouched (only the key and the step count move on).
+
+``fit`` runs steps in compiled ``lax.scan`` chunks, shows a tqdm bar with the
+running loss between chunks, stops on a non-finite step with the last finite
+state (or skips such steps), and writes atomic checkpoints it resumes from
+bit for bit. ``fit_many`` fits K seeds (or K datasets) at once with ``vmap``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxguides._checkpoint import load_checkpoint, save_checkpoint
+from jaxguides._elbo import elbo_loss
+from jaxguides._errors import CheckpointError, NonFiniteLossError
+
+__all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
+
+
+class SVIState(NamedTuple):
+    """Everything a fit needs to go on: a pytree, saved whole in checkpoints.
+
+    Attributes:
+        params: the guide's params.
+        opt_state: the optax optimizer state.
+        rng_key: key for the next step.
+        step: number of steps taken (``int32`` scalar).
+    """
+
+    params: Any
+    opt_state: optax.OptState
+    rng_key: jax.Array
+    step: jax.Array
+
+
+class SVI(NamedTuple):
+    """A pair of pure functions, ``init`` and ``step`` (see :func:`svi`)."""
+
+    init: Callable[..., SVIState]
+    step: Callable[..., tuple[SVIState, jax.Array]]
+
+
+# ---- arguments: arrays are traced, everything else is static --------------------
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    treedef: Any
+    leaves: tuple[tuple[int, Any], ...]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _partition(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], _Static]:
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    dynamic = [x if _is_array(x) else None for x in leaves]
+    static = tuple((i, x) for i, x in enumerate(leaves) if not _is_array(x))
+    try:
+        hash(static)
+    except TypeError as err:
+        raise TypeError(f"model arguments must be arrays or hashable Python values: {err}") from None
+    return dynamic, _Static(treedef, static)
+
+
+def _combine(dynamic: list[Any], static: _Static) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    fixed = dict(static.leaves)
+    leaves = [fixed[i] if i in fixed else x for i, x in enumerate(dynamic)]
+    return jax.tree_util.tree_unflatten(static.treedef, leaves)
+
+
+# ---- one step -----------------------------------------------------------------------
+def _freeze_support(updates: Any) -> Any:
+    """Zero the updates of support data (constant, never trained)."""
+    if dataclasses.is_dataclass(updates) and hasattr(updates, "support"):
+        return dataclasses.replace(updates, support=jax.tree.map(jnp.zeros_like, updates.support))
+    return updates
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _update(
+    loss_fn: Callable[..., jax.Array],
+    optimizer: optax.GradientTransformation,
+    state: SVIState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[SVIState, jax.Array, jax.Array]:
+    key, step_key = jax.random.split(state.rng_key)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, _freeze_support(updates))
+    new = (params, opt_state)
+    kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, (state.params, state.opt_state))
+    return SVIState(*kept, key, state.step + 1), loss, finite
+
+
+def svi(
+    model: Callable[..., Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: Callable[..., jax.Array] | None = None,
+) -> SVI:
+    """The low-level ``SVI(init, step)`` pair for writing your own loop.
+
+    Args:
+        model: the NumPyro model.
+        guide: an ``AutoNormal`` or ``AutoDelta`` of it.
+        optimizer: any optax ``GradientTransformation``.
+        loss: ``loss(params, rng_key, *args, **kwargs)``; default
+            ``elbo_loss(model, guide)``.
+
+    Returns:
+        ``SVI(init, step)``: ``init(rng_key, *args, **kwargs) -> SVIState`` and
+        ``step(state, *args, **kwargs) -> (SVIState, loss)``. ``step`` is pure:
+        it can be jitted, ``lax.scan``-ned, ``vmap``-ped and donated. A step with
+        a non-finite loss or gradient keeps params and optimizer state.
+
+    Examples:
+        >>> import jax, optax, numpyro, numpyro.distributions as dist, jaxguides as jg
+        >>> def model(y):
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> algo = jg.svi(model, jg.AutoNormal(model), optax.adam(1e-2))
+        >>> state = algo.init(jax.random.PRNGKey(0), 1.0)
+        >>> state, losses = jax.lax.scan(lambda s, _: algo.step(s, 1.0), state, length=10)
+        >>> int(state.step)
+        10
+    """
+    loss_fn = elbo_loss(model, guide) if loss is None else loss
+
+    def init(rng_key: jax.Array, *args: Any, **kwargs: Any) -> SVIState:
+        return _init_state(guide, optimizer, rng_key, args, kwargs)
+
+    def step(state: SVIState, *args: Any, **kwargs: Any) -> tuple[SVIState, jax.Array]:
+        new_state, loss, _ = _update(loss_fn, optimizer, state, args, kwargs)
+        return new_state, loss
+
+    return SVI(init, step)
+
+
+def _init_state(
+    guide: Any, optimizer: optax.GradientTransformation, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SVIState:
+    init_key, run_key = jax.random.split(rng_key)
+    params = guide.init(init_key, *args, **kwargs)
+    return SVIState(params, optimizer.init(params), run_key, jnp.zeros((), jnp.int32))
+
+
+# ---- compiled chunks ----------------------------------------------------------------
+class _Chunk(NamedTuple):
+    state: SVIState
+    losses: jax.Array  # [length]
+    bad_step: jax.Array  # first non-finite step, -1 if none (on_nonfinite="raise")
+    skipped: jax.Array  # steps skipped (on_nonfinite="skip")
+
+
+def _chunk(
+    state: SVIState,
+    end: jax.Array,
+    dynamic: list[Any],
+    loss_fn: Callable[..., jax.Array],
+    optimizer: optax.GradientTransformation,
+    static: _Static,
+    length: int,
+    skip: bool,
+) -> _Chunk:
+    args, kwargs = _combine(dynamic, static)
+
+    def body(carry: tuple[SVIState, jax.Array, jax.Array], _: None) -> tuple[Any, jax.Array]:
+        state, bad, skipped = carry
+        active = (state.step < end) & (bad < 0)
+
+        def run(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
+            return _update(loss_fn, optimizer, s, args, kwargs)
+
+        def idle(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
+            return s, jnp.full((), jnp.nan, jnp.float32), jnp.array(True)
+
+        new, loss, finite = jax.lax.cond(active, run, idle, state)
+        loss = loss.astype(jnp.float32)
+        failed = active & ~finite
+        if skip:
+            skipped = skipped + failed.astype(jnp.int32)
+        else:  # stop: keep the last finite state exactly as it was
+            bad = jnp.where(failed, state.step, bad)
+            new = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new, state)
+        return (new, bad, skipped), loss
+
+    init = (state, jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
+    (state, bad, skipped), losses = jax.lax.scan(body, init, None, length=length)
+    return _Chunk(state, losses, bad, skipped)
+
+
+_STATIC = ("loss_fn", "optimizer", "static", "length", "skip")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _run_chunk(state: SVIState, end: jax.Array, dynamic: list[Any], **static: Any) -> _Chunk:
+    return _chunk(state, end, dynamic, **static)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_args"))
+def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched_args: bool, **static: Any) -> _Chunk:
+    run = functools.partial(_chunk, **static)
+    return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)
+
+
+@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static"))
+def _init(
+    rng_key: jax.Array, dynamic: list[Any], guide: Any, optimizer: optax.GradientTransformation, static: _Static
+) -> SVIState:
+    return _init_state(guide, optimizer, rng_key, *_combine(dynamic, static))
+
+
+@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "batched_args"))
+def _init_many(
+    rng_keys: jax.Array,
+    dynamic: list[Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    static: _Static,
+    batched_args: bool,
+) -> SVIState:
+    def one(key: jax.Array, dyn: list[Any]) -> SVIState:
+        return _init_state(guide, optimizer, key, *_combine(dyn, static))
+
+    return jax.vmap(one, in_axes=(0, 0 if batched_args else None))(rng_keys, dynamic)
+
+
+# ---- fit ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What ``fit`` / ``fit_many`` return.
+
+    Attributes:
+        params: final params (stacked along a leading K axis for ``fit_many``).
+        losses: per-step losses, ``np.ndarray[num_steps]`` (``[K, num_steps]``).
+        state: the final :class:`SVIState` (resume or continue from it).
+        num_skipped: steps skipped for a non-finite loss (``on_nonfinite="skip"``).
+    """
+
+    params: Any
+    losses: np.ndarray
+    state: SVIState
+    num_skipped: Any = 0
+
+    def best(self, window: int | None = None) -> FitResult:
+        """The member of a ``fit_many`` result with the lowest final loss.
+
+        The final loss is the mean over the last ``window`` steps (default: the
+        last 10% of the steps), which is less noisy than one step's estimate.
+        """
+        losses = np.asarray(self.losses)
+        if losses.ndim != 2:
+            raise ValueError("best() picks among the K fits of fit_many; this result holds one fit")
+        window = window or max(1, losses.shape[1] // 10)
+        final = np.nanmean(losses[:, -window:], axis=1)
+        final = np.where(np.isfinite(final), final, np.inf)
+        i = int(np.argmin(final))
+        pick = functools.partial(jax.tree.map, lambda x: x[i])
+        return FitResult(pick(self.params), losses[i], pick(self.state), np.asarray(self.num_skipped)[i])
+
+
+def _chunk_length(num_steps: int, chunk_size: int | None, checkpoint_every: int | None) -> int:
+    if chunk_size is None:
+        chunk_size = min(max(num_steps // 50, 1), 1000)
+    if checkpoint_every:
+        chunk_size = max(d for d in range(1, min(chunk_size, checkpoint_every) + 1) if checkpoint_every % d == 0)
+    return max(1, min(chunk_size, max(num_steps, 1)))
+
+
+def _check_args(num_steps: Any, on_nonfinite: str, checkpoint_every: Any, chunk_size: Any) -> None:
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("chunk_size", chunk_size)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np.ndarray, int]:
+    payload = load_checkpoint(path)
+    try:
+        state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
+    except (TypeError, KeyError):
+        raise CheckpointError(path, "it does not hold a fit state") from None
+    same = jax.tree.structure(state) == jax.tree.structure(template) and all(
+        np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
+    )
+    if not same:
+        raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
+    state = jax.tree.map(jnp.asarray, state)
+    return state, np.asarray(losses), int(skipped)
+
+
+def fit(
+    model: Callable[..., Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_key: jax.Array,
+    num_steps: int,
+    *args: Any,
+    loss: Callable[..., jax.Array] | None = None,
+    progress_bar: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    on_nonfinite: str = "raise",
+    chunk_size: int | None = None,
+    **kwargs: Any,
+) -> FitResult:
+    """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
+
+    Steps run in compiled ``lax.scan`` chunks of ``chunk_size`` steps (default
+    about 2% of the run, at most 1,000); the progress bar shows the mean loss
+    of the last chunk. Compilation is cached per (model, guide, loss,
+    optimizer object, argument shapes).
+
+    Args:
+        model, guide, optimizer: the NumPyro model, its guide, an optax optimizer.
+        rng_key: PRNG key; the same key gives bit-identical results.
+        num_steps: total number of steps (a resumed fit runs the remainder).
+        *args, **kwargs: the model's arguments (arrays are traced; other values
+            are static and key the compilation cache).
+        loss: ``loss(params, rng_key, *args, **kwargs)``; default ``elbo_loss``.
+        progress_bar: show a tqdm bar.
+        checkpoint: path of one checkpoint file. If it exists the fit resumes
+            from it; it is (re)written atomically every ``checkpoint_every``
+            steps and at the end.
+        checkpoint_every: steps between checkpoints (default: only at the end).
+        on_nonfinite: ``"raise"`` stops at the first non-finite loss or
+            gradient with :class:`NonFiniteLossError` holding the last finite
+            params and state; ``"skip"`` leaves params unchanged on such steps,
+            goes on, and counts them in ``num_skipped``.
+        chunk_size: steps per compiled chunk.
+
+    Returns:
+        :class:`FitResult` with ``params``, ``losses`` (``np.ndarray[num_steps]``),
+        the final ``state`` and ``num_skipped``.
+
+    Examples:
+        >>> import jax, optax, numpyro, numpyro.distributions as dist, jaxguides as jg
+        >>> def model(y):
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = jg.AutoNormal(model)
+        >>> result = jg.fit(model, guide, optax.adam(0.05), jax.random.PRNGKey(0), 500,
+        ...                 jax.numpy.ones(3), progress_bar=False)
+        >>> result.losses.shape
+        (500,)
+    """
+    _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
+    loss_fn = elbo_loss(model, guide) if loss is None else loss
+    dynamic, static = _partition(args, kwargs)
+    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static)
+    losses = np.full(num_steps, np.nan, np.float32)
+    skipped = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)
+        n = min(len(saved), num_steps)
+        losses[:n] = saved[:n]
+    length = _chunk_length(num_steps, chunk_size, checkpoint_every)
+    run = functools.partial(
+        _run_chunk, loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip"
+    )
+    end = jnp.asarray(num_steps, jnp.int32)
+    step = int(state.step)
+    last_saved = step
+    with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
+        while step < num_steps:
+            out = run(state, end, dynamic)
+            bad = int(out.bad_step)
+            done = (bad if bad >= 0 else min(step + length, num_steps)) - step
+            losses[step : step + done] = np.asarray(out.losses[:done])
+            state, step = out.state, step + done
+            skipped += int(out.skipped)
+            if bad >= 0:
+                if checkpoint is not None:
+                    _save(checkpoint, state, losses[:step], skipped)
+                raise NonFiniteLossError(bad, state.params, state, losses[:bad].copy())
+            if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
+                _save(checkpoint, state, losses[:step], skipped)
+                last_saved = step
+            bar.update(done)
+            if done:
+                bar.set_postfix(loss=f"{np.nanmean(losses[step - done : step]):.4g}")
+    if checkpoint is not None:
+        _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
+    return FitResult(state.params, losses, state, skipped)
+
+
+def _save(path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int) -> None:
+    save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped})
+
+
+def fit_many(
+    model: Callable[..., Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_keys: jax.Array,
+    num_steps: int,
+    *args: Any,
+    batched_args: bool = False,
+    loss: Callable[..., jax.Array] | None = None,
+    progress_bar: bool = True,
+    chunk_size: int | None = None,
+    **kwargs: Any,
+) -> FitResult:
+    """K fits at once with ``vmap``: one per key in ``rng_keys`` (shape ``[K, 2]``).
+
+    With ``batched_args=True`` every array argument has a leading K axis (K
+    datasets of the same shape), else all fits see the same data. A fit whose
+    loss turns non-finite keeps its last finite params for that step and goes
+    on (its count is in ``num_skipped[k]``). ``result.best()`` picks the fit
+    with the lowest final loss.
+
+    Returns:
+        :class:`FitResult` with params stacked on a leading K axis and
+        ``losses`` of shape ``[K, num_steps]``.
+    """
+    _check_args(num_steps, "skip", None, chunk_size)
+    loss_fn = elbo_loss(model, guide) if loss is None else loss
+    dynamic, static = _partition(args, kwargs)
+    state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+    k = len(rng_keys)
+    losses = np.full((k, num_steps), np.nan, np.float32)
+    skipped = np.zeros(k, np.int64)
+    length = _chunk_length(num_steps, chunk_size, None)
+    end = jnp.asarray(num_steps, jnp.int32)
+    step = 0
+    with tqdm(total=num_steps, disable=not progress_bar, desc=f"fit x{k}") as bar:
+        while step < num_steps:
+            out = _run_chunk_many(
+                state, end, dynamic, batched_args=batched_args, loss_fn=loss_fn, optimizer=optimizer, static=static,
+                length=length, skip=True,
+            )
+            done = min(length, num_steps - step)
+            losses[:, step : step + done] = np.asarray(out.losses[:, :done])
+            skipped += np.asarray(out.skipped)
+            state, step = out.state, step + done
+            bar.update(done)
+            bar.set_postfix(loss=f"{np.nanmean(losses[:, step - done : step]):.4g}")
+    return FitResult(state.params, losses, state, skipped)
