@@ -245,7 +245,8 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
         raise SiteError(
             name,
             f"init value of site '{name}' lies outside its support {fn.support}; "
-            "give init_to_value a value inside the support.",
+            "give init_to_value a value inside the support, or use another init "
+            "strategy (e.g. init_to_feasible).",
         )
 
 
