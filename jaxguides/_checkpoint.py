@@ -11,6 +11,7 @@ Pickle runs code on load: only load checkpoints you wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -31,7 +32,7 @@ _DIGEST_LEN = 64  # hex sha256
 def save_checkpoint(path: str | os.PathLike[str], payload: Any) -> None:
     """Atomically write ``payload`` (any pytree of arrays and picklable leaves)."""
     path = os.fspath(path)
-    host = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (jax.Array, np.ndarray)) else x, payload)
+    host = jax.tree.map(_to_host, payload)
     data = pickle.dumps(host, protocol=pickle.HIGHEST_PROTOCOL)
     digest = hashlib.sha256(data).hexdigest().encode()
     folder = os.path.dirname(os.path.abspath(path))
@@ -68,6 +69,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     if hashlib.sha256(data).hexdigest().encode() != digest:
         raise CheckpointError(path, "its checksum does not match (the file is truncated or corrupted)")
     try:
-        return pickle.loads(data)
+        payload = pickle.loads(data)
     except Exception as err:  # checksum passed: written by an incompatible version
         raise CheckpointError(path, f"it cannot be unpickled ({type(err).__name__}: {err})") from err
+    return jax.tree.map(_from_host, payload, is_leaf=lambda x: isinstance(x, _KeyData))
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeyData:
+    """A typed PRNG key array (``jax.random.key``) on host: its raw data and impl name (a pytree leaf)."""
+
+    data: np.ndarray
+    impl: str
+
+
+def _to_host(x: Any) -> Any:
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return _KeyData(np.asarray(jax.random.key_data(x)), str(jax.random.key_impl(x)))
+    return np.asarray(x) if isinstance(x, (jax.Array, np.ndarray)) else x
+
+
+def _from_host(x: Any) -> Any:
+    return jax.random.wrap_key_data(x.data, impl=x.impl) if isinstance(x, _KeyData) else x

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._elbo import elbo_loss
 from jaxguides._errors import CheckpointError, NonFiniteLossError
+from jaxguides._sharding import PlateLayout, gather, place
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -184,8 +185,11 @@ def _chunk(
     static: _Static,
     length: int,
     skip: bool,
+    layout: PlateLayout | None = None,
 ) -> _Chunk:
     args, kwargs = _combine(dynamic, static)
+    pin = (lambda s: s) if layout is None else layout.constrain  # same layout in and out
+    state = pin(state)
 
     def body(carry: tuple[SVIState, jax.Array, jax.Array], _: None) -> tuple[Any, jax.Array]:
         state, bad, skipped = carry
@@ -205,14 +209,16 @@ def _chunk(
         else:  # stop: keep the last finite state exactly as it was
             bad = jnp.where(failed, state.step, bad)
             new = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new, state)
-        return (new, bad, skipped), loss
+        return (pin(new), bad, skipped), loss
 
     init = (state, jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
     (state, bad, skipped), losses = jax.lax.scan(body, init, None, length=length)
-    return _Chunk(state, losses, bad, skipped)
+    if layout is not None:
+        losses, bad, skipped = layout.constrain_replicated((losses, bad, skipped))
+    return _Chunk(pin(state), losses, bad, skipped)
 
 
-_STATIC = ("loss_fn", "optimizer", "static", "length", "skip")
+_STATIC = ("loss_fn", "optimizer", "static", "length", "skip", "layout")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -226,11 +232,17 @@ def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched
     return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)
 
 
-@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static"))
+@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "layout"))
 def _init(
-    rng_key: jax.Array, dynamic: list[Any], guide: Any, optimizer: optax.GradientTransformation, static: _Static
+    rng_key: jax.Array,
+    dynamic: list[Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    static: _Static,
+    layout: PlateLayout | None = None,
 ) -> SVIState:
-    return _init_state(guide, optimizer, rng_key, *_combine(dynamic, static))
+    state = _init_state(guide, optimizer, rng_key, *_combine(dynamic, static))
+    return state if layout is None else layout.constrain(state)
 
 
 @functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "batched_args"))
@@ -300,6 +312,10 @@ def _check_args(num_steps: Any, on_nonfinite: str, checkpoint_every: Any, chunk_
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
 
+def _dtype(x: Any) -> Any:
+    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np.ndarray, int]:
     payload = load_checkpoint(path)
     try:
@@ -307,7 +323,7 @@ def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np
     except (TypeError, KeyError):
         raise CheckpointError(path, "it does not hold a fit state") from None
     same = jax.tree.structure(state) == jax.tree.structure(template) and all(
-        np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype
+        np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
     )
     if not same:
