@@ -196,7 +196,8 @@ def _chunk(
         active = (state.step < end) & (bad < 0)
 
         def run(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
-            return _update(loss_fn, optimizer, s, args, kwargs)
+            new, loss, finite = _update(loss_fn, optimizer, s, args, kwargs)
+            return new, loss.astype(jnp.float32), finite  # float64 under x64; cond needs idle's dtype
 
         def idle(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
             return s, jnp.full((), jnp.nan, jnp.float32), jnp.array(True)
