@@ -329,6 +329,8 @@ def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np
     )
     if not same:
         raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
+    if int(state.step) > num_steps:  # going on would overwrite it with a truncated loss history
+        raise CheckpointError(path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps")
     state = jax.tree.map(jnp.asarray, state)
     return state, np.asarray(losses), int(skipped)
 
