@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._elbo import elbo_loss
 from jaxguides._errors import CheckpointError, NonFiniteLossError
-from jaxguides._sharding import PlateLayout, gather, place
+from jaxguides._sharding import PlateLayout, gather, place, shard_args
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -348,6 +349,8 @@ def fit(
     checkpoint_every: int | None = None,
     on_nonfinite: str = "raise",
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    shard_plates: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
@@ -393,18 +396,24 @@ def fit(
     _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)
-    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static)
+    layout = None
+    if mesh is not None:  # data parallel: see jaxguides/_sharding.py
+        layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
+    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout)
     losses = np.full(num_steps, np.nan, np.float32)
     skipped = 0
     if checkpoint is not None and os.path.exists(checkpoint):
         state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)
+        state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
         n = min(len(saved), num_steps)
         losses[:n] = saved[:n]
     length = _chunk_length(num_steps, chunk_size, checkpoint_every)
     run = functools.partial(
-        _run_chunk, loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip"
+        _run_chunk, loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip",
+        layout=layout,
     )
     end = jnp.asarray(num_steps, jnp.int32)
+    end = end if layout is None else place(end, layout.replicated)
     step = int(state.step)
     last_saved = step
     with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
@@ -431,7 +440,29 @@ def fit(
 
 
 def _save(path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int) -> None:
-    save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped})
+    state = gather(state)  # a sharded state, whole on every process (a no-op on one process)
+    if jax.process_index() == 0:
+        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped})
+    if jax.process_count() > 1:  # nobody goes on before the file is complete
+        multihost_utils.sync_global_devices(f"jaxguides checkpoint {os.fspath(path)}")
+
+
+def _shard_inputs(
+    mesh: jax.sharding.Mesh,
+    shard_plates: dict[str, Any] | None,
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_key: jax.Array,
+    dynamic: list[Any],
+    static: _Static,
+) -> tuple[PlateLayout, jax.Array, list[Any]]:
+    """The layout of a sharded fit, and its key and data as global arrays on ``mesh``."""
+    layout = PlateLayout.build(mesh, shard_plates)
+    abstract = jax.eval_shape(functools.partial(_init, guide=guide, optimizer=optimizer, static=static), rng_key, dynamic)
+    layout.check(abstract.params.sites)
+    args, kwargs = _combine(dynamic, static)
+    args, kwargs = shard_args(args, mesh, dict(layout.plates), abstract.params.sites, kwargs=kwargs)
+    return layout, place(rng_key, layout.replicated), _partition(args, kwargs)[0]
 
 
 def fit_many(
