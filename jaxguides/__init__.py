@@ -22,6 +22,7 @@ from jaxguides._errors import (
 from jaxguides._fit import SVI, FitResult, SVIState, fit, fit_many, svi
 from jaxguides._interop import from_numpyro_params, to_numpyro_params
 from jaxguides._normal import AutoNormal, AutoNormalParams
+from jaxguides._sharding import shard_args, shard_state, state_shardings
 from jaxguides._sites import LatentSite, ModelSites, PlateFrame
 
 __version__ = "0.1.0"
@@ -55,6 +56,9 @@ __all__ = [
     "init_to_value",
     "load_checkpoint",
     "save_checkpoint",
+    "shard_args",
+    "shard_state",
+    "state_shardings",
     "svi",
     "to_numpyro_params",
 ]

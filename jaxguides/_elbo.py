@@ -102,6 +102,7 @@ class ELBOLoss:
     mean_field: bool = False
     stick_the_landing: bool = False
     vectorize_particles: bool = True
+    subsample_blocks: tuple[tuple[str, int], ...] = ()
 
     def __call__(self, params: Any, rng_key: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         return self.evaluate(params, rng_key, args, kwargs)
@@ -141,7 +142,8 @@ class ELBOLoss:
     ) -> jax.Array:
         k_plates, k_guide, k_model = jax.random.split(key, 3)
         if indices is None:
-            indices = draw_indices(sites.plates, k_plates, self.guide.create_plates, args, kwargs)
+            blocks = dict(self.subsample_blocks)
+            indices = draw_indices(sites.plates, k_plates, self.guide.create_plates, args, kwargs, blocks)
         draws: dict[str, Draw] = self.guide.draw(params, k_guide, indices, self.stick_the_landing)
         shapes = {s.name: _subsample_shape(s, indices) for s in sites.latents}
         model = _ModelGuard(handlers.seed(self.model, k_model), sites, shapes)
@@ -169,6 +171,7 @@ def elbo_loss(
     mean_field: bool = False,
     stick_the_landing: bool = False,
     vectorize_particles: bool = True,
+    subsample_blocks: dict[str, int] | None = None,
 ) -> ELBOLoss:
     """The negative ELBO of ``guide`` for ``model``, a pure jittable loss.
 
@@ -186,6 +189,11 @@ def elbo_loss(
             value, lower gradient variance near the optimum.
         vectorize_particles: ``vmap`` particles (fast); ``False`` maps them
             one after another with ``lax.map`` (memory of one particle).
+        subsample_blocks: ``{plate: k}`` stratifies a subsampled plate's draw
+            into ``k`` equal blocks of rows, each giving ``subsample_size/k``
+            rows (still unbiased). ``fit(..., mesh=...)`` sets it to the device
+            count of a sharded plate, so each device draws from its own rows;
+            pass the same here to get that fit's draws on one device.
 
     Returns:
         An :class:`ELBOLoss`: ``loss(params, rng_key, *args, **kwargs) -> Array[]``.
@@ -203,4 +211,7 @@ def elbo_loss(
     """
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
-    return ELBOLoss(model, guide, num_particles, mean_field, stick_the_landing, vectorize_particles)
+    blocks = tuple(sorted((subsample_blocks or {}).items()))
+    if not all(isinstance(k, int) and k >= 1 for _, k in blocks):
+        raise ValueError(f"subsample_blocks must map plate names to positive ints, got {subsample_blocks!r}")
+    return ELBOLoss(model, guide, num_particles, mean_field, stick_the_landing, vectorize_particles, subsample_blocks=blocks)

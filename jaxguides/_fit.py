@@ -399,6 +399,7 @@ def fit(
     layout = None
     if mesh is not None:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
+        loss_fn = layout.stratify(loss_fn)
     state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout)
     losses = np.full(num_steps, np.nan, np.float32)
     skipped = 0

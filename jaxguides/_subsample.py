@@ -42,19 +42,40 @@ def draw_indices(
     create_plates: Callable[..., Any] | None = None,
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
+    blocks: dict[str, int] | None = None,
 ) -> Indices:
     """One index array (shape ``(subsample_size,)``) per subsampled plate.
 
     Plates returned by ``create_plates`` use the user's indices; the others
-    draw ``subsample_size`` rows without replacement, as NumPyro does.
+    draw ``subsample_size`` rows without replacement, as NumPyro does. A plate
+    with ``blocks[plate] = k > 1`` is stratified: block ``b`` of its rows,
+    ``[b*size/k, (b+1)*size/k)``, gives ``subsample_size/k`` of them (so each
+    device of a plate sharded ``k`` ways draws from its own rows, in order).
+    Every row is still drawn with probability ``subsample_size/size``, so the
+    ``size/subsample_size`` scaling keeps the estimate unbiased.
     """
     user_key, own_key = jax.random.split(rng_key)
     indices = user_plate_indices(create_plates, user_key, args, kwargs or {})
     for i, plate in enumerate(plates):
         if plate.subsampled and plate.name not in indices:
             key = jax.random.fold_in(own_key, i)
-            indices[plate.name] = jax.random.choice(key, plate.size, (plate.subsample_size,), replace=False)
+            k = (blocks or {}).get(plate.name, 1)
+            if k > 1:
+                indices[plate.name] = _block_choice(key, plate, k)
+            else:
+                indices[plate.name] = jax.random.choice(key, plate.size, (plate.subsample_size,), replace=False)
     return indices
+
+
+def _block_choice(key: jax.Array, plate: PlateFrame, k: int) -> jax.Array:
+    if plate.size % k or plate.subsample_size % k:
+        raise ValueError(
+            f"plate {plate.name!r} (size {plate.size}, subsample_size {plate.subsample_size}) cannot be "
+            f"drawn in {k} equal blocks; both sizes must be multiples of {k}."
+        )
+    rows, take = plate.size // k, plate.subsample_size // k
+    local = jax.vmap(lambda b: jax.random.choice(b, rows, (take,), replace=False))(jax.random.split(key, k))
+    return (local + rows * jnp.arange(k, dtype=local.dtype)[:, None]).reshape(-1)
 
 
 def gather_rows(site: LatentSite, x: jax.Array, indices: Indices | None, unconstrained: bool = True) -> jax.Array:
