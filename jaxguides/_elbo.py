@@ -214,4 +214,6 @@ def elbo_loss(
     blocks = tuple(sorted((subsample_blocks or {}).items()))
     if not all(isinstance(k, int) and k >= 1 for _, k in blocks):
         raise ValueError(f"subsample_blocks must map plate names to positive ints, got {subsample_blocks!r}")
-    return ELBOLoss(model, guide, num_particles, mean_field, stick_the_landing, vectorize_particles, subsample_blocks=blocks)
+    return ELBOLoss(
+        model, guide, num_particles, mean_field, stick_the_landing, vectorize_particles, subsample_blocks=blocks
+    )
