@@ -9,6 +9,7 @@ from numpyro.infer.initialization import (
     init_to_value,
 )
 
+from jaxguides._arviz import to_arviz
 from jaxguides._delta import AutoDelta, AutoDeltaParams
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
@@ -60,5 +61,6 @@ __all__ = [
     "shard_state",
     "state_shardings",
     "svi",
+    "to_arviz",
     "to_numpyro_params",
 ]
