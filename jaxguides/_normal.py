@@ -152,7 +152,8 @@ class AutoNormal(GuideBase):
         out = {}
         for key, site in zip(keys[1:], sites.latents):
             eps = jax.random.normal(key, sample_shape + site.unconstrained_shape, params.loc[site.name].dtype)
-            u = params.loc[site.name] + _SCALE(params.raw_scale[site.name]) * eps
+            loc, scale = params.loc[site.name], _SCALE(params.raw_scale[site.name])
+            u = jnp.broadcast_to(loc, eps.shape) + jnp.broadcast_to(scale, eps.shape) * eps  # no rank promotion
             out[site.name] = site.transform(params.support[site.name])(u)
         return self.with_deterministic(sites, out, keys[0], args, kwargs, sample_shape)
 
