@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.distributions.kl import kl_divergence
-from numpyro.distributions import TransformedDistribution
-from numpyro.distributions.transforms import IdentityTransform, IndependentTransform
 from numpyro.infer.util import compute_log_probs
 from numpyro.primitives import Messenger
 
@@ -71,17 +69,7 @@ def _subsample_shape(site: Any, indices: Indices) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _is_identity(t: Any) -> bool:
-    while isinstance(t, IndependentTransform):
-        t = t.base_transform
-    return isinstance(t, IdentityTransform)
-
-
 def _analytic_kl(q: Any, p: Any) -> jax.Array | None:
-    # A real vector/matrix site's guide is Normal pushed through
-    # IndependentTransform(IdentityTransform); KL is only registered for the base.
-    if isinstance(q, TransformedDistribution) and all(_is_identity(t) for t in q.transforms):
-        q = q.base_dist
     try:
         return kl_divergence(q, p)
     except NotImplementedError:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.tree_util import PyTreeDef
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import IdentityTransform, Transform, biject_to
+from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, Transform, biject_to
 from numpyro.distributions.util import periodic_repeat
 from numpyro.primitives import Messenger
 
@@ -365,4 +365,8 @@ def _describe(
 
 
 def is_identity(transform: Transform) -> bool:
+    """Whether ``transform`` is the identity (possibly wrapped as independent),
+    as for ``real``, ``real_vector`` and ``real_matrix`` supports."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
     return isinstance(transform, IdentityTransform)
