@@ -195,9 +195,10 @@ class AutoNormal(GuideBase):
         qs = jnp.asarray(qs)
         out = {}
         for s in sites.latents:
-            loc = params.loc[s.name]
-            q = qs.reshape((-1,) + (1,) * loc.ndim).astype(loc.dtype)
-            u = dist.Normal(loc, _SCALE(params.raw_scale[s.name])).icdf(q)
+            loc, scale = params.loc[s.name], _SCALE(params.raw_scale[s.name])
+            shape = (qs.size,) + loc.shape
+            q = jnp.broadcast_to(qs.reshape((-1,) + (1,) * loc.ndim).astype(loc.dtype), shape)
+            u = dist.Normal(jnp.broadcast_to(loc, shape), jnp.broadcast_to(scale, shape)).icdf(q)  # no rank promotion
             out[s.name] = s.transform(params.support[s.name])(u)
         return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, (qs.size,))
 
