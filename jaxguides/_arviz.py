@@ -170,8 +170,9 @@ def _predict(
 ) -> dict[str, jax.Array]:
     """Draws of the observed sites given each latent draw, ``{site: [num_samples, ...]}``."""
     samples = {**latents, **_full_plates(sites, num_samples)}
-    predictive = Predictive(_Unobserve(model, sites.observed), posterior_samples=samples,
-                            return_sites=list(sites.observed))
+    predictive = Predictive(
+        _Unobserve(model, sites.observed), posterior_samples=samples, return_sites=list(sites.observed)
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="subsample_size does not match")
         return predictive(rng_key, *args, **kwargs)
@@ -216,9 +217,7 @@ def _import_arviz() -> Any:
     try:
         import arviz as az
     except ImportError as err:
-        raise ImportError(
-            "jg.to_arviz needs ArviZ: pip install 'jaxguides[arviz]' (or pip install arviz)"
-        ) from err
+        raise ImportError("jg.to_arviz needs ArviZ: pip install 'jaxguides[arviz]' (or pip install arviz)") from err
     return az
 
 

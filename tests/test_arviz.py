@@ -41,16 +41,23 @@ def eight_schools(sigma, y=None):
 @pytest.fixture(scope="module")
 def fitted():
     guide = jg.AutoNormal(eight_schools)
-    result = jg.fit(eight_schools, guide, optax.adam(0.02), jax.random.PRNGKey(0), 1000, SIGMA, y=Y,
-                    progress_bar=False)
+    result = jg.fit(eight_schools, guide, optax.adam(0.02), jax.random.PRNGKey(0), 1000, SIGMA, y=Y, progress_bar=False)
     return guide, result.params
 
 
 @pytest.fixture(scope="module")
 def idata(fitted):
     guide, params = fitted
-    return jg.to_arviz(guide, params, jax.random.PRNGKey(1), SIGMA, y=Y, num_samples=NUM_SAMPLES,
-                       posterior_predictive=True, coords={"school": SCHOOLS})
+    return jg.to_arviz(
+        guide,
+        params,
+        jax.random.PRNGKey(1),
+        SIGMA,
+        y=Y,
+        num_samples=NUM_SAMPLES,
+        posterior_predictive=True,
+        coords={"school": SCHOOLS},
+    )
 
 
 def test_groups_and_variables(idata):
@@ -139,9 +146,8 @@ def test_data_left_out_gives_no_observed_data(fitted):
 
 
 def nested_plates(y=None):
-    with numpyro.plate("group", 4, dim=-2):
-        with numpyro.plate("item", 3, dim=-1):
-            numpyro.sample("p", dist.LogNormal(jnp.zeros(5), 1.0).to_event(1))
+    with numpyro.plate("group", 4, dim=-2), numpyro.plate("item", 3, dim=-1):
+        numpyro.sample("p", dist.LogNormal(jnp.zeros(5), 1.0).to_event(1))
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
     with numpyro.plate("data", 6):
         numpyro.sample("y", dist.Normal(jnp.sum(w), 1.0), obs=y)
@@ -201,8 +207,16 @@ def test_subsampled_plate_at_full_size():
 
 def test_dims_and_coords_overrides(fitted):
     guide, params = fitted
-    idata = jg.to_arviz(guide, params, jax.random.PRNGKey(4), SIGMA, y=Y, num_samples=5,
-                        dims={"theta": ["county"]}, coords={"county": list(range(10, 18))})
+    idata = jg.to_arviz(
+        guide,
+        params,
+        jax.random.PRNGKey(4),
+        SIGMA,
+        y=Y,
+        num_samples=5,
+        dims={"theta": ["county"]},
+        coords={"county": list(range(10, 18))},
+    )
     assert idata.posterior["theta"].dims == ("chain", "draw", "county")
     assert list(idata.posterior["county"].values) == list(range(10, 18))
 
@@ -227,7 +241,7 @@ def test_arviz_1_gets_a_datatree(fitted, monkeypatch):
 
 
 def test_params_of_another_model_are_refused(fitted):
-    guide, params = fitted
+    _, params = fitted
     other = jg.AutoNormal(nested_plates)
     with pytest.raises(jg.ParamsMismatchError):
         jg.to_arviz(other, params, jax.random.PRNGKey(0), num_samples=5)
