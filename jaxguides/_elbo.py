@@ -102,13 +102,20 @@ class ELBOLoss:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         indices: Indices | None = None,
+        guide_indices: Indices | None = None,
     ) -> jax.Array:
-        """Negative ELBO; ``indices`` fixes the subsample rows of all particles."""
+        """Negative ELBO; ``indices`` fixes the subsample rows of all particles.
+
+        ``guide_indices`` (default ``indices``) are the rows the guide gathers
+        from its params: a row-sparse step hands over params already gathered
+        to the batch (``subsample_size`` rows), with ``guide_indices`` =
+        ``arange(subsample_size)``, while the model still sees ``indices``.
+        """
         kwargs = kwargs or {}
         sites = self.guide.check_params(params)
 
         def particle(key: jax.Array) -> jax.Array:
-            return self._particle_elbo(params, sites, key, args, kwargs, indices)
+            return self._particle_elbo(params, sites, key, args, kwargs, indices, guide_indices)
 
         keys = jax.random.split(rng_key, self.num_particles)
         if self.num_particles == 1:
@@ -127,12 +134,14 @@ class ELBOLoss:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         indices: Indices | None,
+        guide_indices: Indices | None = None,
     ) -> jax.Array:
         k_plates, k_guide, k_model = jax.random.split(key, 3)
         if indices is None:
             blocks = dict(self.subsample_blocks)
             indices = draw_indices(sites.plates, k_plates, self.guide.create_plates, args, kwargs, blocks)
-        draws: dict[str, Draw] = self.guide.draw(params, k_guide, indices, self.stick_the_landing)
+        rows = indices if guide_indices is None else guide_indices
+        draws: dict[str, Draw] = self.guide.draw(params, k_guide, rows, self.stick_the_landing)
         shapes = {s.name: _subsample_shape(s, indices) for s in sites.latents}
         model = _ModelGuard(handlers.seed(self.model, k_model), sites, shapes)
         values = {n: d.value for n, d in draws.items()}
