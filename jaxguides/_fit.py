@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -263,6 +264,13 @@ def _init_many(
 
 
 # ---- fit ------------------------------------------------------------------------------
+def _nanmean(x: np.ndarray, axis: int | None = None) -> Any:
+    """``np.nanmean`` without its warning on all-NaN slices (skipped steps): NaN there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """What ``fit`` / ``fit_many`` return.
@@ -289,7 +297,7 @@ class FitResult:
         if losses.ndim != 2:
             raise ValueError("best() picks among the K fits of fit_many; this result holds one fit")
         window = window or max(1, losses.shape[1] // 10)
-        final = np.nanmean(losses[:, -window:], axis=1)
+        final = _nanmean(losses[:, -window:], axis=1)
         final = np.where(np.isfinite(final), final, np.inf)
         i = int(np.argmin(final))
         pick = functools.partial(jax.tree.map, lambda x: x[i])
@@ -434,7 +442,7 @@ def fit(
                 last_saved = step
             bar.update(done)
             if done:
-                bar.set_postfix(loss=f"{np.nanmean(losses[step - done : step]):.4g}")
+                bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}")
     if checkpoint is not None:
         _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
     return FitResult(state.params, losses, state, skipped)
@@ -512,5 +520,5 @@ def fit_many(
             skipped += np.asarray(out.skipped)
             state, step = out.state, step + done
             bar.update(done)
-            bar.set_postfix(loss=f"{np.nanmean(losses[:, step - done : step]):.4g}")
+            bar.set_postfix(loss=f"{_nanmean(losses[:, step - done : step]):.4g}")
     return FitResult(state.params, losses, state, skipped)
