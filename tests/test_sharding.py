@@ -46,7 +46,7 @@ def _tail(text: str, n: int = 6000) -> str:
 
 
 def test_sharded_cases_on_8_simulated_devices():
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "sharded_cases.py")]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(HERE / "sharded_cases.py")]
     env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
