@@ -28,7 +28,9 @@ def test_committed_without_outputs(path):
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip the outputs before committing"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name}: strip the outputs before committing"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
