@@ -98,8 +98,8 @@ def _spawn(devices: int, rows: int, steps: int, backend: str) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32768, help="rows in the sharded plate (a multiple of 8)")
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per model")
+    parser.add_argument("--rows", type=int, default=16384, help="rows in the sharded plate (a multiple of 8)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per model")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--default-backend", action="store_true", help="add a row: one device of the default backend")
     parser.add_argument("--child", help=argparse.SUPPRESS)

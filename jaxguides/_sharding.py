@@ -7,7 +7,7 @@ One job: turn ``(mesh, shard_plates)`` into ``NamedSharding``\\ s, for
   every other site (global latents) and the support data are replicated;
 * the optimizer state -- every subtree that mirrors the params (same tree
   structure and shapes, as optax's ``mu`` / ``nu`` do) gets the params'
-  shardings, every other leaf (step counts) is replicated;
+  shardings, every other leaf (step counts, epoch cursors) is replicated;
 * the model's array arguments -- an array whose **leading axis** has the full
   size of a sharded plate is split along that axis; everything else is
   replicated. An argument that is already a ``jax.Array`` laid out on the same
@@ -17,15 +17,48 @@ One job: turn ``(mesh, shard_plates)`` into ``NamedSharding``\\ s, for
 Nothing else is hand-written: the computation is ordinary ``jax.jit`` code
 and XLA's SPMD partitioner inserts the collectives (the gradient of a
 replicated param is all-reduced because the param is replicated and the data
-it meets is split). Random draws of split params are the same as on one
-device because ``jax_threefry_partitionable`` (on by default) makes random
-bits independent of the layout.
+it meets is split). ``fit`` pins the state to this layout with
+``with_sharding_constraint`` at the start and end of every compiled chunk
+(and in the scan carry), so a chunk's output shardings are its input
+shardings and the chunk compiles once. Random draws of split params are the
+same as on one device because ``jax_threefry_partitionable`` (on by default)
+makes random bits independent of the layout; so a sharded fit equals the
+one-device fit up to the order of float sums (measured on CPU, 8 simulated
+devices, 500 Adam steps: params within 2.4e-7, losses within 3e-7 relative;
+tests assert ``rtol=1e-5, atol=1e-6``). Chaotic fits (e.g. the MAP of a
+hierarchical funnel) amplify any change of summation order, as they would a
+change of BLAS.
+
+A subsampled plate that is split ``n`` ways is drawn in ``n`` blocks
+(``elbo_loss(..., subsample_blocks=...)``, set by ``fit``): device ``b``
+draws ``subsample_size / n`` of its own rows ``[b N/n, (b+1) N/n)``; each row
+is still drawn with probability ``subsample_size / N``, so the
+``N / subsample_size`` scaling keeps the ELBO unbiased.
 
 Across processes (``jax.distributed.initialize``) every process holds the
-full host data; :func:`place` builds each global array with
-``jax.make_array_from_callback`` from the process's own copy, so each device
-receives only its rows. :func:`gather` brings a global array back to every
-process (for checkpoints, written by process 0 alone).
+full host data and calls ``fit`` alike with a mesh over ``jax.devices()``;
+:func:`place` builds each global array with ``jax.make_array_from_callback``
+from the process's own copy, so each device receives only its rows.
+:func:`gather` brings a global array whole to every process; checkpoints are
+gathered so and written by process 0 alone (one file of host arrays), and
+on resume every process loads that file and re-shards it.
+
+The low-level step runs sharded the same way::
+
+    algo = jg.svi(model, guide, optax.adam(1e-2))
+    state = jg.shard_state(algo.init(key, x, y), mesh, {"data": "batch"})
+    (x, y), _ = jg.shard_args((x, y), mesh, {"data": "batch"}, state)
+    shardings = jg.state_shardings(state, mesh, {"data": "batch"})
+    step = jax.jit(algo.step, out_shardings=(shardings, NamedSharding(mesh, P())))
+    state, loss = step(state, x, y)
+
+(When the local latents do not fit on one device, build the state already
+split: ``jax.jit(algo.init, out_shardings=jg.state_shardings(
+jax.eval_shape(algo.init, key, x, y), mesh, plates))``.) On simulated CPU
+devices (``--xla_force_host_platform_device_count``) keep one step in flight
+(``jax.block_until_ready``) in a hand-written loop: many queued programs with
+collectives can starve the host's thread pool and deadlock; ``fit`` runs one
+chunk at a time.
 """
 
 from __future__ import annotations
@@ -302,7 +335,7 @@ def state_shardings(tree: Any, mesh: Mesh, shard_plates: Mapping[str, AxisName])
         >>> params = jg.AutoNormal(model).init(jax.random.PRNGKey(0), np.zeros(4))
         >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("batch",))
         >>> jg.state_shardings(params, mesh, {"data": "batch"}).loc["z"].spec
-        PartitionSpec('batch',)
+        P('batch',)
     """
     layout = PlateLayout.build(mesh, shard_plates)
     params = find_params(tree)
@@ -355,7 +388,7 @@ def shard_args(
         >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("batch",))
         >>> (y,), _ = jg.shard_args((np.zeros(4),), mesh, {"data": "batch"}, params)
         >>> y.sharding.spec
-        PartitionSpec('batch',)
+        P('batch',)
     """
     layout = PlateLayout.build(mesh, shard_plates)
     model_sites = _sites_of(sites)
