@@ -423,7 +423,7 @@ def fit(
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)
     layout = None
-    if mesh is not None:  # data parallel: see jaxguides/_sharding.py
+    if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
         loss_fn = layout.stratify(loss_fn)
     state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout)

@@ -104,7 +104,10 @@ class PlateLayout:
     def build(cls, mesh: Mesh, shard_plates: Mapping[str, AxisName] | None) -> PlateLayout:
         """Check ``shard_plates`` against ``mesh`` (the model is checked by :meth:`check`)."""
         if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+            raise TypeError(
+                f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}; shard_plates needs one, "
+                'e.g. mesh=jax.sharding.Mesh(jax.devices(), ("batch",)).'
+            )
         plates = dict(shard_plates or {})
         for plate, axis in plates.items():
             for name in axis if isinstance(axis, tuple) else (axis,):

@@ -173,3 +173,11 @@ def test_a_one_device_mesh_gives_the_unsharded_fit():
     for a, b in zip(jax.tree.leaves(plain.state.params), jax.tree.leaves(meshed.state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(meshed.losses, plain.losses, rtol=1e-6)
+
+
+def test_shard_plates_without_a_mesh_is_refused():
+    from multihost_model import data, model
+
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        jg.fit(model, jg.AutoNormal(model), optax.adam(1e-2), jax.random.PRNGKey(0), 1, *data(),
+               progress_bar=False, shard_plates=PLATES)
