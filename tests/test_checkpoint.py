@@ -37,7 +37,8 @@ OPT = optax.adam(0.02)
 T = 120
 
 
-def _run(num_steps, key=jax.random.PRNGKey(0), **kwargs):
+def _run(num_steps, key=None, **kwargs):
+    key = jax.random.PRNGKey(0) if key is None else key
     return jg.fit(model, GUIDE, OPT, key, num_steps, Y, progress_bar=False, **kwargs)
 
 
@@ -218,14 +219,17 @@ def test_not_a_checkpoint_is_refused(tmp_path):
 
 def test_checkpoint_of_another_fit_is_refused(tmp_path):
     path = tmp_path / "run.ckpt"
-    jg.fit(other_model, jg.AutoNormal(other_model), OPT, jax.random.PRNGKey(0), 10, Y, checkpoint=path,
-           progress_bar=False)
+    jg.fit(
+        other_model, jg.AutoNormal(other_model), OPT, jax.random.PRNGKey(0), 10, Y, checkpoint=path, progress_bar=False
+    )
     _refused(path, "another model")
     # another data shape, another optimizer state, another guide type
-    for model_, guide, opt, y in [(model, GUIDE, OPT, Y[:5]), (model, GUIDE, optax.sgd(0.1), Y),
-                                  (model, jg.AutoDelta(model), OPT, Y)]:
-        jg.fit(model_, guide, opt, jax.random.PRNGKey(0), 10, y, checkpoint=path.with_suffix(".b"),
-               progress_bar=False)
+    for model_, guide, opt, y in [
+        (model, GUIDE, OPT, Y[:5]),
+        (model, GUIDE, optax.sgd(0.1), Y),
+        (model, jg.AutoDelta(model), OPT, Y),
+    ]:
+        jg.fit(model_, guide, opt, jax.random.PRNGKey(0), 10, y, checkpoint=path.with_suffix(".b"), progress_bar=False)
         os.replace(path.with_suffix(".b"), path)
         _refused(path, "another model")
 
@@ -249,8 +253,11 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail)
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    target = {"pickle": (_checkpoint.pickle, "dumps"), "replace": (_checkpoint.os, "replace"),
-              "fsync": (_checkpoint.os, "fsync")}[fail]
+    target = {
+        "pickle": (_checkpoint.pickle, "dumps"),
+        "replace": (_checkpoint.os, "replace"),
+        "fsync": (_checkpoint.os, "fsync"),
+    }[fail]
     monkeypatch.setattr(*target, boom)
     with pytest.raises(OSError, match="disk full"):
         _run(20, checkpoint=path)

@@ -291,7 +291,9 @@ def test_subsampled_loss_is_unbiased(guide_cls, mean_field):
     guide = guide_cls(local_model)
     full = _shift(guide.init(jax.random.PRNGKey(0), YS), 0.5)
     sub = guide.init(jax.random.PRNGKey(0), YS, 5)
-    sub = dataclasses.replace(sub, **{f.name: getattr(full, f.name) for f in dataclasses.fields(full) if f.name != "sites"})
+    sub = dataclasses.replace(
+        sub, **{f.name: getattr(full, f.name) for f in dataclasses.fields(full) if f.name != "sites"}
+    )
     loss = jg.elbo_loss(local_model, guide, mean_field=mean_field)
     a = _mc(loss, full, YS, n=8000, seed=1)
     b = _mc(lambda p, k, y: loss(p, k, y, 5), sub, YS, n=8000, seed=2)

@@ -3,8 +3,6 @@ init/step pair, fit (chunks, progress bar, compilation cache, non-finite
 guard), fit_many, and MAP-then-mean-field.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +42,9 @@ YC = jnp.array([1.3, 2.2, 0.6, 3.0, 1.9])
 def test_normal_normal_posterior():
     guide = jg.AutoNormal(conjugate)
     loss = jg.elbo_loss(conjugate, guide, num_particles=8)  # less gradient noise: a tighter optimum
-    result = jg.fit(conjugate, guide, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(0), 2000, YC, loss=loss,
-                    progress_bar=False)
+    result = jg.fit(
+        conjugate, guide, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(0), 2000, YC, loss=loss, progress_bar=False
+    )
     prec = 1 / 2.0**2 + YC.shape[0]  # prior precision + n / sigma^2
     mean, sd = float(jnp.sum(YC)) / prec, prec**-0.5
     np.testing.assert_allclose(result.params.loc["mu"], mean, rtol=0.02)
@@ -74,8 +73,17 @@ def test_linear_regression_mean_field_optimum():
     x, y = _regression_data()
     guide = jg.AutoNormal(linreg)
     loss = jg.elbo_loss(linreg, guide, num_particles=16)
-    result = jg.fit(linreg, guide, _decay(0.05, 3000, 0.01), jax.random.PRNGKey(1), 3000, jnp.asarray(x),
-                    jnp.asarray(y), loss=loss, progress_bar=False)
+    result = jg.fit(
+        linreg,
+        guide,
+        _decay(0.05, 3000, 0.01),
+        jax.random.PRNGKey(1),
+        3000,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        loss=loss,
+        progress_bar=False,
+    )
     xd, yd = x.astype(np.float64), y.astype(np.float64)
     precision = np.eye(3) / PRIOR_SD**2 + xd.T @ xd / NOISE**2
     mean = np.linalg.solve(precision, xd.T @ yd / NOISE**2)
@@ -98,8 +106,9 @@ COUNTS = jnp.array([3.0, 5.0, 2.0, 4.0, 6.0, 1.0])
 
 def test_delta_finds_the_posterior_mode_in_constrained_space():
     guide = jg.AutoDelta(poisson_rate)
-    result = jg.fit(poisson_rate, guide, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(2), 2000, COUNTS,
-                    progress_bar=False)
+    result = jg.fit(
+        poisson_rate, guide, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(2), 2000, COUNTS, progress_bar=False
+    )
     point = guide.median(result.params)
     # Gamma(2 + sum y, 1 + n) posterior: mode (a - 1) / b; LogNormal(m, s) mode exp(m - s^2).
     np.testing.assert_allclose(point["rate"], (2.0 + float(COUNTS.sum()) - 1) / (1.0 + COUNTS.shape[0]), rtol=1e-3)
@@ -217,14 +226,18 @@ def test_fit_equals_the_low_level_loop():
 # ---- fit --------------------------------------------------------------------------------------
 def test_fit_result_and_determinism():
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
-    run = lambda **kw: jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 300, YC, **kw)  # noqa: E731
+    run = lambda **kw: jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 300, YC, **kw)
     base = run(progress_bar=False)
     assert base.losses.shape == (300,) and np.all(np.isfinite(base.losses))
     assert int(base.state.step) == 300 and base.num_skipped == 0
     _equal(base.params, base.state.params)
     assert np.mean(base.losses[-30:]) < np.mean(base.losses[:30]) - 1.0
-    for kwargs in ({"progress_bar": True}, {"progress_bar": False, "chunk_size": 7},
-                   {"progress_bar": False, "chunk_size": 300}, {"progress_bar": True, "chunk_size": 1}):
+    for kwargs in (
+        {"progress_bar": True},
+        {"progress_bar": False, "chunk_size": 7},
+        {"progress_bar": False, "chunk_size": 300},
+        {"progress_bar": True, "chunk_size": 1},
+    ):
         other = run(**kwargs)
         np.testing.assert_array_equal(other.losses, base.losses)
         _equal(other.state, base.state)
@@ -241,13 +254,23 @@ def test_fit_zero_steps_returns_the_init():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [{"num_steps": -1}, {"num_steps": 2.0}, {"on_nonfinite": "ignore"},
-                                    {"chunk_size": 0}, {"checkpoint_every": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_steps": -1}, {"num_steps": 2.0}, {"on_nonfinite": "ignore"}, {"chunk_size": 0}, {"checkpoint_every": 0}],
+)
 def test_fit_bad_arguments(kwargs):
     args = {"num_steps": 10, **kwargs}
     with pytest.raises(ValueError):
-        jg.fit(conjugate, jg.AutoNormal(conjugate), optax.adam(0.05), jax.random.PRNGKey(0), args.pop("num_steps"),
-               YC, progress_bar=False, **args)
+        jg.fit(
+            conjugate,
+            jg.AutoNormal(conjugate),
+            optax.adam(0.05),
+            jax.random.PRNGKey(0),
+            args.pop("num_steps"),
+            YC,
+            progress_bar=False,
+            **args,
+        )
 
 
 def test_fit_compilation_is_cached():
@@ -264,8 +287,9 @@ def test_fit_compilation_is_cached():
     assert len(traces) > 0
     n = len(traces)
     # the same objects and shapes, other data and key, an equal new guide: no retrace
-    second = jg.fit(counted, jg.AutoNormal(counted), optimizer, jax.random.PRNGKey(1), 100, YC + 1.0,
-                    progress_bar=False)
+    second = jg.fit(
+        counted, jg.AutoNormal(counted), optimizer, jax.random.PRNGKey(1), 100, YC + 1.0, progress_bar=False
+    )
     assert len(traces) == n
     assert not np.array_equal(first.losses, second.losses)
     # another shape does retrace (so the counter counts)
@@ -276,8 +300,9 @@ def test_fit_compilation_is_cached():
 def test_fit_under_x64():
     with jax.enable_x64(True):
         y = jnp.asarray(np.asarray(YC, np.float64))
-        result = jg.fit(conjugate, jg.AutoNormal(conjugate), optax.adam(0.05), jax.random.PRNGKey(0), 20, y,
-                        progress_bar=False)
+        result = jg.fit(
+            conjugate, jg.AutoNormal(conjugate), optax.adam(0.05), jax.random.PRNGKey(0), 20, y, progress_bar=False
+        )
         assert result.params.loc["mu"].dtype == jnp.float64
     assert np.all(np.isfinite(result.losses))
 
@@ -326,8 +351,7 @@ def test_nonfinite_raises_with_last_finite_params(kind):
     bad = _first_step_past(1.0)
     assert 3 < bad < 20
     with pytest.raises(jg.NonFiniteLossError) as info:
-        jg.fit(blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), 30, threshold, kind, progress_bar=False,
-               chunk_size=4)
+        jg.fit(blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), 30, threshold, kind, progress_bar=False, chunk_size=4)
     err = info.value
     assert isinstance(err, FloatingPointError)
     assert err.step == bad and f"step {bad}" in str(err)
@@ -343,16 +367,16 @@ def test_nonfinite_raises_with_last_finite_params(kind):
 def test_nonfinite_skip_never_writes_bad_params(kind):
     guide, threshold = jg.AutoDelta(blowup), jnp.asarray(1.0)
     bad = _first_step_past(1.0)
-    result = jg.fit(blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), 30, threshold, kind, progress_bar=False,
-                    on_nonfinite="skip")
+    result = jg.fit(
+        blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), 30, threshold, kind, progress_bar=False, on_nonfinite="skip"
+    )
     # x is stuck just past the threshold: every later step is skipped
     assert result.num_skipped == 30 - bad
     assert int(result.state.step) == 30
     if kind == "loss":
         assert np.all(np.isfinite(result.losses[:bad])) and np.all(np.isnan(result.losses[bad:]))
     # params after the last finite step: `bad` steps of a run that never blows up
-    clean = jg.fit(blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), bad, jnp.asarray(np.inf), kind,
-                   progress_bar=False)
+    clean = jg.fit(blowup, guide, BLOWUP_OPT, jax.random.PRNGKey(0), bad, jnp.asarray(np.inf), kind, progress_bar=False)
     _equal(result.params, clean.params)
     _equal(result.state.opt_state, clean.state.opt_state)
 
@@ -366,8 +390,17 @@ def test_nonfinite_skip_intermittent_matches_low_level_step():
     """Random draws of an AutoNormal guide cross the threshold now and then: fit skips
     exactly those steps, and equals a loop of the low-level step, which keeps params."""
     guide, optimizer, threshold, steps = jg.AutoNormal(noisy_blowup, init_scale=1.0), optax.adam(0.01), 1.5, 200
-    result = jg.fit(noisy_blowup, guide, optimizer, jax.random.PRNGKey(0), steps, threshold, progress_bar=False,
-                    on_nonfinite="skip", chunk_size=32)
+    result = jg.fit(
+        noisy_blowup,
+        guide,
+        optimizer,
+        jax.random.PRNGKey(0),
+        steps,
+        threshold,
+        progress_bar=False,
+        on_nonfinite="skip",
+        chunk_size=32,
+    )
     nan_steps = ~np.isfinite(result.losses)
     assert 5 < result.num_skipped < steps // 2
     assert result.num_skipped == nan_steps.sum()
@@ -420,8 +453,15 @@ def test_best_picks_the_lowest_final_loss():
     guide, steps = jg.AutoNormal(conjugate), 150
     # members start far apart: key 1 starts at a bad point, all get few steps of a small lr
     keys = jax.random.split(jax.random.PRNGKey(9), 4)
-    many = jg.fit_many(conjugate, jg.AutoNormal(conjugate, init_loc_fn=jg.init_to_uniform(radius=6.0)),
-                       optax.adam(0.01), keys, steps, YC, progress_bar=False)
+    many = jg.fit_many(
+        conjugate,
+        jg.AutoNormal(conjugate, init_loc_fn=jg.init_to_uniform(radius=6.0)),
+        optax.adam(0.01),
+        keys,
+        steps,
+        YC,
+        progress_bar=False,
+    )
     final = many.losses[:, -15:].mean(1)
     i = int(np.argmin(final))
     assert final.max() - final.min() > 1.0  # a real choice
@@ -439,8 +479,9 @@ def test_best_picks_the_lowest_final_loss():
 # ---- MAP, then mean-field --------------------------------------------------------------------
 def _map_point():
     delta = jg.AutoDelta(poisson_rate)
-    map_fit = jg.fit(poisson_rate, delta, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(2), 2000, COUNTS,
-                     progress_bar=False)
+    map_fit = jg.fit(
+        poisson_rate, delta, _decay(0.05, 2000, 0.01), jax.random.PRNGKey(2), 2000, COUNTS, progress_bar=False
+    )
     return delta.median(map_fit.params)
 
 
@@ -453,7 +494,8 @@ def test_map_then_mean_field_init():
 
 
 @pytest.mark.xfail(
-    raises=jax.errors.TracerArrayConversionError, strict=True,
+    raises=jax.errors.TracerArrayConversionError,
+    strict=True,
     reason="_sites._check_init_value calls np.asarray on fn.support(value), a tracer under fit's jitted init",
 )
 def test_map_then_mean_field_fit():
