@@ -12,6 +12,7 @@ from numpyro.infer.initialization import (
 from jaxguides._arviz import to_arviz
 from jaxguides._delta import AutoDelta, AutoDeltaParams
 from jaxguides._elbo import ELBOLoss, elbo_loss
+from jaxguides._epoch import PlateCursor, SubsampleState
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._errors import (
     CheckpointError,
@@ -25,6 +26,7 @@ from jaxguides._interop import from_numpyro_params, to_numpyro_params
 from jaxguides._normal import AutoNormal, AutoNormalParams
 from jaxguides._sharding import shard_args, shard_state, state_shardings
 from jaxguides._sites import LatentSite, ModelSites, PlateFrame
+from jaxguides._sparse import SparseAdamState, SparseTransformation, apply_rows, sparse_adam
 
 __version__ = "0.1.0"
 
@@ -41,10 +43,15 @@ __all__ = [
     "ModelTraceError",
     "NonFiniteLossError",
     "ParamsMismatchError",
+    "PlateCursor",
     "PlateFrame",
     "SVI",
     "SVIState",
     "SiteError",
+    "SparseAdamState",
+    "SparseTransformation",
+    "SubsampleState",
+    "apply_rows",
     "elbo_loss",
     "fit",
     "fit_many",
@@ -59,6 +66,7 @@ __all__ = [
     "save_checkpoint",
     "shard_args",
     "shard_state",
+    "sparse_adam",
     "state_shardings",
     "svi",
     "to_arviz",

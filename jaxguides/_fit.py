@@ -29,9 +29,12 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
-from jaxguides._elbo import elbo_loss
+from jaxguides._elbo import ELBOLoss, elbo_loss
+from jaxguides._epoch import SubsampleState, advance, batch_indices, init_subsample
 from jaxguides._errors import CheckpointError, NonFiniteLossError
 from jaxguides._sharding import PlateLayout, gather, place, shard_args
+from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
+from jaxguides._subsample import Indices, draw_indices, user_plate_indices
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -44,12 +47,17 @@ class SVIState(NamedTuple):
         opt_state: the optax optimizer state.
         rng_key: key for the next step.
         step: number of steps taken (``int32`` scalar).
+        subsample: the epoch cursors of the subsampled plates the fit draws
+            itself (:class:`SubsampleState`), or ``None``: no such plate, a
+            custom loss, or a state built by hand, whose steps draw each
+            batch afresh as NumPyro does.
     """
 
     params: Any
     opt_state: optax.OptState
     rng_key: jax.Array
     step: jax.Array
+    subsample: SubsampleState | None = None
 
 
 class SVI(NamedTuple):
@@ -100,6 +108,29 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The subsampled plates a fit draws from epoch permutations: those of an
+    ``ELBOLoss`` that ``create_plates`` does not fix and that are not drawn
+    in per-device blocks (sharded plates keep their stratified draws)."""
+    if not isinstance(loss_fn, ELBOLoss):
+        return ()
+    fixed = user_plate_indices(loss_fn.guide.create_plates, jax.random.PRNGKey(0), args, kwargs)
+    blocks = dict(loss_fn.subsample_blocks)
+    return tuple(p for p in sites.subsampled_plates if p.name not in fixed and blocks.get(p.name, 1) == 1)
+
+
+def _step_indices(
+    loss_fn: ELBOLoss, state: SVIState, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Indices:
+    """This step's rows of every subsampled plate: the epoch cursors' next batch,
+    the user's ``create_plates`` rows, fresh (stratified) draws for the rest."""
+    plates = state.params.sites.plates
+    own = batch_indices(state.subsample, plates) if state.subsample is not None else {}
+    rest = tuple(p for p in plates if p.name not in own)
+    blocks = dict(loss_fn.subsample_blocks)
+    return {**draw_indices(rest, rng_key, loss_fn.guide.create_plates, args, kwargs, blocks), **own}
+
+
 def _update(
     loss_fn: Callable[..., jax.Array],
     optimizer: optax.GradientTransformation,
@@ -107,14 +138,48 @@ def _update(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[SVIState, jax.Array, jax.Array]:
+    """One SVI step. A non-finite loss or gradient keeps params, optimizer state
+    and the epoch cursors (``lax.cond``: no select over the whole state)."""
     key, step_key = jax.random.split(state.rng_key)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
+    sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
+    spec = None
+    if state.subsample is None and not sparse:  # the loss draws its own rows, if any
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
+    else:
+        if not isinstance(loss_fn, ELBOLoss):
+            raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
+        plate_key, step_key = jax.random.split(step_key)
+        indices = _step_indices(loss_fn, state, plate_key, args, kwargs)
+        spec = row_spec(state.params, indices) if sparse else None
+        if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
+            local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}
+
+            def batch_loss(rows: Any) -> jax.Array:
+                return loss_fn.evaluate(rows, step_key, args, kwargs, indices=indices, guide_indices=local)
+
+            loss, grads = jax.value_and_grad(batch_loss)(take_rows(state.params, spec))
+        else:
+            spec = None
+            loss, grads = jax.value_and_grad(lambda p: loss_fn.evaluate(p, step_key, args, kwargs, indices=indices))(
+                state.params
+            )
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, _freeze_support(updates))
-    new = (params, opt_state)
-    kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, (state.params, state.opt_state))
-    return SVIState(*kept, key, state.step + 1), loss, finite
+
+    def commit(params: Any, opt_state: Any, subsample: Any) -> tuple[Any, Any, Any]:
+        if spec is None:
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        else:
+            updates, opt_state = optimizer.update(grads, opt_state, params, rows=spec)
+        params = apply_rows(params, _freeze_support(updates), spec)
+        if subsample is not None:
+            subsample = advance(subsample, state.params.sites.plates)
+        return params, opt_state, subsample
+
+    def keep(params: Any, opt_state: Any, subsample: Any) -> tuple[Any, Any, Any]:
+        return params, opt_state, subsample
+
+    params, opt_state, subsample = jax.lax.cond(finite, commit, keep, state.params, state.opt_state, state.subsample)
+    return SVIState(params, opt_state, key, state.step + 1, subsample), loss, finite
 
 
 def svi(
@@ -153,7 +218,7 @@ def svi(
     loss_fn = elbo_loss(model, guide) if loss is None else loss
 
     def init(rng_key: jax.Array, *args: Any, **kwargs: Any) -> SVIState:
-        return _init_state(guide, optimizer, rng_key, args, kwargs)
+        return _init_state(guide, optimizer, rng_key, args, kwargs, loss_fn)
 
     def step(state: SVIState, *args: Any, **kwargs: Any) -> tuple[SVIState, jax.Array]:
         new_state, loss, _ = _update(loss_fn, optimizer, state, args, kwargs)
@@ -163,11 +228,20 @@ def svi(
 
 
 def _init_state(
-    guide: Any, optimizer: optax.GradientTransformation, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_key: jax.Array,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    loss_fn: Any = None,
 ) -> SVIState:
+    """The state before the first step; with ``loss_fn`` an ``ELBOLoss``, epoch
+    cursors for the subsampled plates it draws (see ``jaxguides/_epoch.py``)."""
     init_key, run_key = jax.random.split(rng_key)
     params = guide.init(init_key, *args, **kwargs)
-    return SVIState(params, optimizer.init(params), run_key, jnp.zeros((), jnp.int32))
+    plates = _epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
+    subsample = init_subsample(plates, jax.random.fold_in(init_key, 1))
+    return SVIState(params, optimizer.init(params), run_key, jnp.zeros((), jnp.int32), subsample)
 
 
 # ---- compiled chunks ----------------------------------------------------------------
@@ -209,9 +283,11 @@ def _chunk(
         failed = active & ~finite
         if skip:
             skipped = skipped + failed.astype(jnp.int32)
-        else:  # stop: keep the last finite state exactly as it was
+        else:  # stop: keep the last finite state exactly as it was (_update kept the rest)
             bad = jnp.where(failed, state.step, bad)
-            new = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new, state)
+            new = new._replace(
+                rng_key=jnp.where(failed, state.rng_key, new.rng_key), step=jnp.where(failed, state.step, new.step)
+            )
         return (pin(new), bad, skipped), loss
 
     init = (state, jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
@@ -235,7 +311,7 @@ def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched
     return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)
 
 
-@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "layout"))
+@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "layout", "loss_fn"))
 def _init(
     rng_key: jax.Array,
     dynamic: list[Any],
@@ -243,8 +319,9 @@ def _init(
     optimizer: optax.GradientTransformation,
     static: _Static,
     layout: PlateLayout | None = None,
+    loss_fn: Any = None,
 ) -> SVIState:
-    state = _init_state(guide, optimizer, rng_key, *_combine(dynamic, static))
+    state = _init_state(guide, optimizer, rng_key, *_combine(dynamic, static), loss_fn)
     return state if layout is None else layout.constrain(state)
 
 
@@ -426,7 +503,7 @@ def fit(
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
         loss_fn = layout.stratify(loss_fn)
-    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout)
+    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     losses = np.full(num_steps, np.nan, np.float32)
     skipped = 0
     if checkpoint is not None and os.path.exists(checkpoint):
