@@ -11,6 +11,7 @@ subsampled plates, exactly as the model's is.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ from jaxguides._errors import SiteError
 from jaxguides._guide import Draw
 from jaxguides._normal import AutoNormal
 from jaxguides._sites import ModelSites, check_continuous
-from jaxguides._subsample import Indices, draw_indices
+from jaxguides._subsample import Indices, draw_indices, plate_scale
 
 __all__ = ["ELBOLoss", "elbo_loss"]
 
@@ -67,6 +68,20 @@ def _subsample_shape(site: Any, indices: Indices) -> tuple[int, ...]:
         if frame.name in indices:
             shape[site.plate_axis(frame, unconstrained=False)] = indices[frame.name].shape[0]
     return tuple(shape)
+
+
+def _same_scale(model_scale: Any, guide_scale: float) -> bool:
+    """Whether the model weighs a latent site as the guide does (its plates' scale only).
+
+    ``scale * KL`` replaces ``scale * log p - guide_scale * log q`` only then; a
+    user's ``handlers.scale`` on a latent site scales ``log p`` alone, so such a
+    site keeps the sampled term (an array scale cannot be compared statically).
+    """
+    if model_scale is None:
+        return guide_scale == 1.0
+    if isinstance(model_scale, (int, float)):
+        return math.isclose(model_scale, guide_scale, rel_tol=1e-6)
+    return False
 
 
 def _analytic_kl(q: Any, p: Any) -> jax.Array | None:
@@ -151,7 +166,8 @@ class ELBOLoss:
             if name not in draws:  # observed sites and factors
                 elbo = elbo + jnp.sum(log_prob)
                 continue
-            kl = _analytic_kl(draws[name].dist, trace[name]["fn"]) if self.mean_field else None
+            same_weight = _same_scale(trace[name]["scale"], plate_scale(sites[name], indices))
+            kl = _analytic_kl(draws[name].dist, trace[name]["fn"]) if self.mean_field and same_weight else None
             if kl is None:
                 elbo = elbo + jnp.sum(log_prob) - draws[name].log_prob
             else:
