@@ -28,6 +28,7 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from jaxguides._canonical import canonical
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import SubsampleState, advance, batch_indices, init_subsample
@@ -443,7 +444,8 @@ def fit(
     Steps run in compiled ``lax.scan`` chunks of ``chunk_size`` steps (default
     about 2% of the run, at most 1,000); the progress bar shows the mean loss
     of the last chunk. Compilation is cached per (model, guide, loss,
-    optimizer object, argument shapes).
+    optimizer, argument shapes); an optimizer built anew with the same
+    settings (``optax.adam(1e-2)`` written inline) counts as the same one.
 
     Args:
         model, guide, optimizer: the NumPyro model, its guide, an optax optimizer.
@@ -497,6 +499,7 @@ def fit(
         (500,)
     """
     _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
+    optimizer = canonical(optimizer)  # an equal optimizer built anew reuses the compilation
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)
     layout = None
@@ -595,6 +598,7 @@ def fit_many(
         ``losses`` of shape ``[K, num_steps]``.
     """
     _check_args(num_steps, "skip", None, chunk_size)
+    optimizer = canonical(optimizer)
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)
     state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)

@@ -167,7 +167,7 @@ def sparse_adam(
     """Adam that reads and writes only the rows a step touches (see the module docstring).
 
     Without ``rows`` it is ``optax.adam(learning_rate, b1, b2, eps)``, update for
-    update. With ``rows`` (one entry per params leaf, see :func:`row_spec`) the
+    update (the moments bit for bit, the updates to rounding). With ``rows`` (one entry per params leaf, see :func:`row_spec`) the
     gradient of a row leaf is given for its rows only, and the returned update
     is for those rows (apply it with :func:`apply_rows`): dense Adam's update
     on that step, its momentum tail over the following steps, less the part
@@ -218,9 +218,9 @@ def sparse_adam(
         mu_rows, nu_rows, last_rows = (take_rows(t, spec) for t in (state.mu, state.nu, state.last))
 
         def direction(m: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
-            """Adam's ``m_hat / (sqrt(v_hat) + eps)`` at step ``t`` (optax's order of operations)."""
-            m_hat = m / (1 - b1**t).astype(m.dtype)
-            v_hat = v / (1 - b2**t).astype(v.dtype)
+            """Adam's ``m_hat / (sqrt(v_hat) + eps)`` at step ``t``, with optax's own bias correction."""
+            m_hat = optax.tree_utils.tree_bias_correction(m, b1, t)
+            v_hat = optax.tree_utils.tree_bias_correction(v, b2, t)
             return m_hat / (jnp.sqrt(v_hat) + eps)
 
         def one(g: jax.Array, m: jax.Array, v: jax.Array, last: jax.Array, row: Rows | None) -> tuple[jax.Array, ...]:

@@ -1,0 +1,76 @@
+"""One object per optimizer configuration, so equal optimizers share compilations.
+
+``fit`` compiles its chunk with the optimizer as a static argument of
+``jax.jit``, and optax transformations compare by identity: two
+``optax.adam(1e-2)`` objects are different cache keys, so
+``jg.fit(model, guide, optax.adam(1e-2), ...)`` written inline would compile
+again on every call. :func:`canonical` maps an optimizer to the first one seen
+with the same *structure*: the same code objects, closing over equal Python
+values (numbers, strings, tuples, dicts, functions compared the same way).
+Anything else it closes over (arrays, other objects) must be the very same
+object. An optimizer it cannot describe is returned as it is, so the worst
+case is what jit does anyway: a compilation per object.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import types
+from typing import Any
+
+__all__ = ["canonical"]
+
+_SEEN: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_MAX_SEEN = 64
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+
+
+def _fingerprint(obj: Any, active: set[int]) -> Any:
+    """A hashable description of ``obj``; equal descriptions trace the same program."""
+    if isinstance(obj, _SCALARS):
+        return (type(obj), obj)
+    if id(obj) in active:  # a cycle (a recursive closure): name it by identity
+        return ("cycle", id(obj))
+    active.add(id(obj))
+    try:
+        if isinstance(obj, (tuple, list)):
+            return (type(obj), tuple(_fingerprint(x, active) for x in obj))
+        if isinstance(obj, dict):
+            return (dict, tuple((_fingerprint(k, active), _fingerprint(v, active)) for k, v in obj.items()))
+        if isinstance(obj, types.FunctionType):
+            cells = tuple(
+                _fingerprint(c.cell_contents, active) if _filled(c) else ("empty",) for c in obj.__closure__ or ()
+            )
+            defaults = _fingerprint((obj.__defaults__, obj.__kwdefaults__), active)
+            return ("function", obj.__code__, id(obj.__globals__), defaults, cells)
+        if isinstance(obj, functools.partial):
+            return ("partial", _fingerprint((obj.func, obj.args, obj.keywords), active))
+        return ("object", id(obj))  # kept alive by the registered optimizer, so the id is not reused
+    finally:
+        active.discard(id(obj))
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def canonical(optimizer: Any) -> Any:
+    """The first optimizer seen with the same structure as ``optimizer`` (or itself)."""
+    try:
+        key = (type(optimizer), _fingerprint(tuple(optimizer), set()))
+        hash(key)
+    except (TypeError, RecursionError):
+        return optimizer
+    found = _SEEN.get(key)
+    if found is not None:
+        _SEEN.move_to_end(key)
+        return found
+    _SEEN[key] = optimizer
+    if len(_SEEN) > _MAX_SEEN:
+        _SEEN.popitem(last=False)
+    return optimizer

@@ -1,0 +1,142 @@
+"""Epoch permutations of subsampled plates (jaxguides/_epoch.py) and how fit uses them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro import handlers
+
+import jaxguides as jg
+from jaxguides._epoch import advance, batch_indices, feistel_permutation, init_subsample
+from jaxguides._sites import PlateFrame
+
+N, B = 12, 4
+X = jnp.linspace(-2.0, 3.0, N)
+
+
+def regression(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+    with numpyro.plate("data", x.shape[0], subsample_size=B) as idx:
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+
+
+def regression_full(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def local_latents(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 3.0))
+    with numpyro.plate("data", x.shape[0], subsample_size=B) as idx:
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 10, 17, 1000, 4097])
+def test_feistel_permutation_is_a_permutation(size):
+    for seed in range(3):
+        perm = np.asarray(feistel_permutation(jax.random.PRNGKey(seed), size))
+        assert perm.dtype == np.int32
+        np.testing.assert_array_equal(np.sort(perm), np.arange(size))
+
+
+def test_feistel_permutations_differ_by_key_and_look_shuffled():
+    perms = np.stack([np.asarray(feistel_permutation(jax.random.PRNGKey(s), 1000)) for s in range(20)])
+    assert len({p.tobytes() for p in perms}) == 20
+    # position of row 0 across keys, and the rank correlation with the identity, look random
+    assert len(set(np.argmax(perms == 0, axis=1))) > 15
+    assert np.abs([np.corrcoef(p, np.arange(1000))[0, 1] for p in perms]).max() < 0.15
+
+
+def _visits(size, batch, steps):
+    plates = (PlateFrame("data", size, batch, -1),)
+    state = init_subsample(plates, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s: (advance(s, plates), batch_indices(s, plates)["data"]))
+    out = []
+    for _ in range(steps):
+        state, rows = step(state)
+        out.append(np.asarray(rows))
+    return np.stack(out), state
+
+
+def test_every_row_once_per_epoch():
+    rows, state = _visits(N, B, 5 * (N // B))
+    epochs = rows.reshape(5, -1)  # N // B batches per epoch
+    for epoch in epochs:
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(N))
+    assert len({e.tobytes() for e in epochs}) == 5  # a new order each epoch
+    assert int(state.plates["data"].epoch) == 5 and int(state.plates["data"].offset) == 0
+
+
+def test_batch_not_dividing_size_skips_the_remainder_rows():
+    size, batch = 10, 4  # two batches per epoch, 2 rows sit each epoch out
+    rows, _ = _visits(size, batch, 2 * 6)
+    skipped = []
+    for epoch in rows.reshape(6, -1):
+        assert len(set(epoch)) == 8  # distinct within an epoch
+        skipped.append(frozenset(range(size)) - set(epoch))
+    assert len(set(skipped)) > 1  # not always the same rows
+
+
+def test_fit_scales_the_subsample_unbiasedly():
+    """With fixed params (lr 0) the mean loss over one epoch is the full-data loss."""
+    guide = jg.AutoDelta(regression)
+    algo = jg.svi(regression, guide, optax.sgd(0.0))
+    state = algo.init(jax.random.PRNGKey(0), X)
+    assert set(state.subsample.plates) == {"data"}
+    _, losses = jax.lax.scan(lambda s, _: algo.step(s, X), state, length=3 * (N // B))
+    full = jg.elbo_loss(regression_full, jg.AutoDelta(regression_full))
+    params = jg.AutoDelta(regression_full).init(jax.random.PRNGKey(0), X)
+    params = type(params)(loc=state.params.loc, support=params.support, sites=params.sites)
+    expected = full(params, jax.random.PRNGKey(1), X)
+    np.testing.assert_allclose(np.asarray(losses).reshape(3, -1).mean(axis=1), expected, rtol=1e-5)
+    assert np.std(np.asarray(losses)) > 1.0  # the batches do differ
+
+
+def test_resume_is_bit_exact_across_epochs(tmp_path):
+    guide, opt, key = jg.AutoNormal(local_latents), optax.adam(0.05), jax.random.PRNGKey(3)
+    whole = jg.fit(local_latents, guide, opt, key, 40, X, progress_bar=False)
+    path = tmp_path / "run.ckpt"
+    jg.fit(local_latents, guide, opt, key, 17, X, progress_bar=False, checkpoint=path)  # "killed" at 17
+    resumed = jg.fit(local_latents, guide, opt, key, 40, X, progress_bar=False, checkpoint=path)
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(whole.losses, resumed.losses)
+    assert int(whole.state.subsample.plates["data"].epoch) == 40 // (N // B)
+
+
+def test_plates_fixed_by_create_plates_get_no_cursor():
+    def plates(x):
+        with handlers.substitute(data={"data": jnp.arange(B)}):
+            return numpyro.plate("data", N, subsample_size=B)
+
+    state = jg.svi(regression, jg.AutoDelta(regression, create_plates=plates), optax.adam(0.1)).init(
+        jax.random.PRNGKey(0), X
+    )
+    assert state.subsample is None
+    unsubsampled = jg.svi(regression_full, jg.AutoDelta(regression_full), optax.adam(0.1))
+    assert unsubsampled.init(jax.random.PRNGKey(0), X).subsample is None
+
+
+def test_a_non_finite_step_does_not_consume_its_batch():
+    def blowup(x, threshold):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0], subsample_size=B) as idx:
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+        numpyro.factor("wall", jnp.where(mu > threshold, jnp.nan, 0.0))
+
+    algo = jg.svi(blowup, jg.AutoNormal(blowup, init_scale=1.0), optax.adam(0.01))
+    state = algo.init(jax.random.PRNGKey(0), X, 0.0)
+    step = jax.jit(algo.step, static_argnums=2)
+    finite = []
+    for _ in range(20):
+        new, loss = step(state, X, 0.0)
+        finite.append(bool(np.isfinite(loss)))
+        same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new.subsample, state.subsample)
+        assert all(jax.tree.leaves(same)) == (not finite[-1])
+        state = new
+    assert 0 < sum(finite) < 20
