@@ -241,7 +241,8 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
             f"init value of site '{name}' has shape {tuple(jnp.shape(value))} but "
             f"the site has shape {expected}; give init_to_value a value of that shape.",
         )
-    if _is_concrete(value) and not bool(np.all(np.asarray(fn.support(value)))):
+    inside = fn.support(value) if _is_concrete(value) else None  # traced under jit: checked only if concrete
+    if inside is not None and _is_concrete(inside) and not bool(np.all(np.asarray(inside))):
         raise SiteError(
             name,
             f"init value of site '{name}' lies outside its support {fn.support}; "

@@ -493,11 +493,6 @@ def test_map_then_mean_field_init():
         np.testing.assert_allclose(value, point[name], rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    raises=jax.errors.TracerArrayConversionError,
-    strict=True,
-    reason="_sites._check_init_value calls np.asarray on fn.support(value), a tracer under fit's jitted init",
-)
 def test_map_then_mean_field_fit():
     point = _map_point()
     normal = jg.AutoNormal(poisson_rate, init_loc_fn=jg.init_to_value(values=point))
