@@ -14,6 +14,7 @@ bit for bit. ``fit_many`` fits K seeds (or K datasets) at once with ``vmap``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -506,21 +507,26 @@ def fit(
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
         loss_fn = layout.stratify(loss_fn)
-    state = _init(rng_key, dynamic, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
+    length = _chunk_length(num_steps, chunk_size, checkpoint_every)
+    chunk_static = dict(
+        loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip", layout=layout
+    )
+    end = jnp.asarray(num_steps, jnp.int32)
+    end = end if layout is None else place(end, layout.replicated)
+    init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
+    resuming = checkpoint is not None and os.path.exists(checkpoint)
+    ahead = _compile_ahead(init, chunk_static, rng_key, end, dynamic) if layout is None and not resuming else None
+    state = init(rng_key, dynamic)
+    if ahead is not None:
+        ahead.result()
     losses = np.full(num_steps, np.nan, np.float32)
     skipped = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
+    if resuming:
         state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)
         state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
         n = min(len(saved), num_steps)
         losses[:n] = saved[:n]
-    length = _chunk_length(num_steps, chunk_size, checkpoint_every)
-    run = functools.partial(
-        _run_chunk, loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip",
-        layout=layout,
-    )
-    end = jnp.asarray(num_steps, jnp.int32)
-    end = end if layout is None else place(end, layout.replicated)
+    run = functools.partial(_run_chunk, **chunk_static)
     step = int(state.step)
     last_saved = step
     with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
@@ -528,7 +534,7 @@ def fit(
             out = run(state, end, dynamic)
             bad = int(out.bad_step)
             done = (bad if bad >= 0 else min(step + length, num_steps)) - step
-            losses[step : step + done] = np.asarray(out.losses[:done])
+            losses[step : step + done] = np.asarray(out.losses)[:done]
             state, step = out.state, step + done
             skipped += int(out.skipped)
             if bad >= 0:
@@ -538,12 +544,42 @@ def fit(
             if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
                 _save(checkpoint, state, losses[:step], skipped)
                 last_saved = step
+            if done:  # no refresh of its own: update() redraws at most every 0.1 s
+                bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}", refresh=False)
             bar.update(done)
-            if done:
-                bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}")
     if checkpoint is not None:
         _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
     return FitResult(state.params, losses, state, skipped)
+
+
+_COMPILER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxguides-compile")
+
+
+def _compile_ahead(
+    init: Callable[..., SVIState], chunk_static: dict[str, Any], rng_key: jax.Array, end: jax.Array, dynamic: list[Any]
+) -> concurrent.futures.Future[Any]:
+    """Compile the chunk on a second thread while ``init`` compiles and runs.
+
+    Tracing stays on this thread (NumPyro's handler stack is global); only
+    XLA's compilation, which releases the GIL, runs beside ``init``'s. The
+    compiled chunk lands in ``_run_chunk``'s cache, so the first chunk finds
+    it there. A failure here is left to the real call to report.
+    """
+    try:
+        abstract = jax.eval_shape(init, rng_key, dynamic)
+        lowered = _run_chunk.lower(abstract, end, dynamic, **chunk_static)
+    except Exception:  # noqa: BLE001 - the real call raises it properly
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+    def compile_quietly() -> None:
+        try:
+            lowered.compile()
+        except Exception:  # noqa: BLE001
+            pass
+
+    return _COMPILER.submit(compile_quietly)
 
 
 def _save(path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int) -> None:
@@ -618,6 +654,6 @@ def fit_many(
             losses[:, step : step + done] = np.asarray(out.losses[:, :done])
             skipped += np.asarray(out.skipped)
             state, step = out.state, step + done
+            bar.set_postfix(loss=f"{_nanmean(losses[:, step - done : step]):.4g}", refresh=False)
             bar.update(done)
-            bar.set_postfix(loss=f"{_nanmean(losses[:, step - done : step]):.4g}")
     return FitResult(state.params, losses, state, skipped)
