@@ -1,0 +1,17 @@
+"""``python -m bench``: the side-by-side benchmark (see ``bench/run.py``);
+``python -m bench sparse``: dense against row-sparse Adam (see ``bench/sparse.py``)."""
+
+import os
+import sys
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+if len(sys.argv) > 1 and sys.argv[1] == "sparse":
+    from bench.sparse import main
+
+    main(sys.argv[2:])
+else:
+    from bench.run import main
+
+    main(sys.argv[1:])

@@ -1,0 +1,276 @@
+"""The benchmark's models, defined once and shared by every implementation.
+
+Each :class:`Bench` holds
+
+* ``model``: the NumPyro model (used by jaxguides and by NumPyro's SVI);
+* ``data(size)``: deterministic synthetic data (a tuple of arrays, the
+  model's positional arguments);
+* ``floor_sites``: the unconstrained shape of every latent site, and
+  ``log_joint(u, data, key, size) -> (log_p, log_jac)``: the model's log
+  joint at the constrained values of unconstrained ``u``, and the log
+  Jacobian of the bijections, written by hand for the hand-written floor;
+* ``steps``: steps per timed run (also the run whose final loss is compared).
+
+A model's ``size`` is a dict of ints (``{"K": 1000}``); ``sizes`` lists the
+full-mode sizes, ``quick_sizes`` the ``--quick`` ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy import stats
+from numpyro.distributions.transforms import CorrCholeskyTransform, StickBreakingTransform
+
+Data = tuple[Any, ...]
+Size = dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    name: str
+    model: Callable[..., Any]
+    data: Callable[[Size], Data]
+    floor_sites: Callable[[Size], dict[str, tuple[int, ...]]]
+    log_joint: Callable[[dict[str, jax.Array], Data, jax.Array, Size], tuple[jax.Array, jax.Array]]
+    sizes: tuple[Size, ...]
+    quick_sizes: tuple[Size, ...]
+    steps: Callable[[Size], int]
+    lr: float = 0.01
+
+
+def _rng(seed: int = 0) -> np.random.RandomState:
+    return np.random.RandomState(seed)
+
+
+def _exp(u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``positive`` as NumPyro maps it: ``exp``, log-Jacobian ``u``."""
+    return jnp.exp(u), jnp.sum(u)
+
+
+# ---- two-parameter Normal (the README example) ------------------------------------------
+def normal_model(y):
+    loc = numpyro.sample("loc", dist.Normal(0.0, 10.0))
+    scale = numpyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("obs", dist.Normal(loc, scale), obs=y)
+
+
+def normal_data(size: Size) -> Data:
+    return (jnp.asarray(3.0 + 1.5 * _rng().randn(size["N"]), jnp.float32),)
+
+
+def normal_log_joint(u, data, key, size):
+    (y,) = data
+    scale, jac = _exp(u["scale"])
+    log_p = (
+        stats.norm.logpdf(u["loc"], 0.0, 10.0)
+        + stats.norm.logpdf(jnp.log(scale), 0.0, 1.0) - jnp.log(scale)
+        + jnp.sum(stats.norm.logpdf(y, u["loc"], scale))
+    )
+    return log_p, jac
+
+
+NORMAL = Bench(
+    "normal",
+    normal_model,
+    normal_data,
+    lambda s: {"loc": (), "scale": ()},
+    normal_log_joint,
+    sizes=({"N": 100},),
+    quick_sizes=({"N": 100},),
+    steps=lambda s: 3000,
+    lr=0.02,
+)
+
+
+# ---- Bayesian linear regression ------------------------------------------------------------
+def linreg_model(X, y):
+    d = X.shape[1]
+    w = numpyro.sample("w", dist.Normal(jnp.zeros(d), 1.0).to_event(1))
+    b = numpyro.sample("b", dist.Normal(0.0, 10.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Normal(X @ w + b, sigma), obs=y)
+
+
+def linreg_data(size: Size) -> Data:
+    r = _rng()
+    X = r.randn(size["N"], size["D"]).astype(np.float32)
+    w = r.randn(size["D"]).astype(np.float32) / np.sqrt(size["D"])
+    y = X @ w + 0.5 + 0.3 * r.randn(size["N"]).astype(np.float32)
+    return jnp.asarray(X), jnp.asarray(y)
+
+
+def linreg_log_joint(u, data, key, size):
+    X, y = data
+    sigma, jac = _exp(u["sigma"])
+    log_p = (
+        jnp.sum(stats.norm.logpdf(u["w"], 0.0, 1.0))
+        + stats.norm.logpdf(u["b"], 0.0, 10.0)
+        + dist.HalfNormal(1.0).log_prob(sigma)
+        + jnp.sum(stats.norm.logpdf(y, X @ u["w"] + u["b"], sigma))
+    )
+    return log_p, jac
+
+
+LINREG = Bench(
+    "linreg",
+    linreg_model,
+    linreg_data,
+    lambda s: {"w": (s["D"],), "b": (), "sigma": ()},
+    linreg_log_joint,
+    sizes=({"D": 10, "N": 1000}, {"D": 100, "N": 100_000}),
+    quick_sizes=({"D": 10, "N": 1000},),
+    steps=lambda s: 2000 if s["N"] <= 10_000 else 300,
+)
+
+
+# ---- hierarchical: K local latents in a plate (eight schools at K=8) ----------------------
+def hier_model(y, sigma):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(5.0))
+    with numpyro.plate("units", y.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+def hier_data(size: Size) -> Data:
+    r = _rng()
+    k = size["K"]
+    sigma = (5.0 + 10.0 * r.rand(k)).astype(np.float32)
+    theta = 4.0 + 3.0 * r.randn(k)
+    y = (theta + sigma * r.randn(k)).astype(np.float32)
+    return jnp.asarray(y), jnp.asarray(sigma)
+
+
+def hier_log_joint(u, data, key, size):
+    y, sigma = data
+    tau, jac = _exp(u["tau"])
+    log_p = (
+        stats.norm.logpdf(u["mu"], 0.0, 5.0)
+        + dist.HalfNormal(5.0).log_prob(tau)
+        + jnp.sum(stats.norm.logpdf(u["theta"], u["mu"], tau))
+        + jnp.sum(stats.norm.logpdf(y, u["theta"], sigma))
+    )
+    return log_p, jac
+
+
+HIER = Bench(
+    "hier",
+    hier_model,
+    hier_data,
+    lambda s: {"mu": (), "tau": (), "theta": (s["K"],)},
+    hier_log_joint,
+    sizes=({"K": 8}, {"K": 1000}, {"K": 100_000}, {"K": 1_000_000}),
+    quick_sizes=({"K": 8}, {"K": 10_000}),
+    steps=lambda s: 2000 if s["K"] <= 10_000 else 300,
+)
+
+
+# ---- logistic regression with a subsampled data plate ---------------------------------------
+def logreg_model(X, y, batch):
+    d = X.shape[1]
+    w = numpyro.sample("w", dist.Normal(jnp.zeros(d), 1.0).to_event(1))
+    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
+    with numpyro.plate("data", X.shape[0], subsample_size=batch) as idx:
+        numpyro.sample("y", dist.Bernoulli(logits=X[idx] @ w + b), obs=y[idx])
+
+
+def logreg_data(size: Size) -> Data:
+    r = _rng()
+    X = r.randn(size["N"], size["D"]).astype(np.float32)
+    w = r.randn(size["D"]).astype(np.float32)
+    y = (r.rand(size["N"]) < 1.0 / (1.0 + np.exp(-(X @ w - 0.5)))).astype(np.float32)
+    return jnp.asarray(X), jnp.asarray(y), size["B"]
+
+
+def logreg_log_joint(u, data, key, size):
+    """The floor draws its batch with replacement, O(batch) (``randint``)."""
+    X, y, batch = data
+    idx = jax.random.randint(key, (batch,), 0, X.shape[0])
+    logits = X[idx] @ u["w"] + u["b"]
+    lik = jnp.sum(y[idx] * logits - jnp.logaddexp(0.0, logits))
+    log_p = jnp.sum(stats.norm.logpdf(u["w"], 0.0, 1.0)) + stats.norm.logpdf(u["b"], 0.0, 5.0)
+    return log_p + X.shape[0] / batch * lik, jnp.zeros(())
+
+
+LOGREG = Bench(
+    "logreg_sub",
+    logreg_model,
+    logreg_data,
+    lambda s: {"w": (s["D"],), "b": ()},
+    logreg_log_joint,
+    sizes=({"N": 100_000, "D": 10, "B": 1000},),
+    quick_sizes=({"N": 100_000, "D": 10, "B": 1000},),
+    steps=lambda s: 3000,
+)
+
+
+# ---- simplex, positive and LKJCholesky latents ------------------------------------------------
+def constrained_model(c, x):
+    d = x.shape[1]
+    p = numpyro.sample("p", dist.Dirichlet(jnp.ones(d)))
+    sigma = numpyro.sample("sigma", dist.HalfCauchy(jnp.ones(d)).to_event(1))
+    L = numpyro.sample("L", dist.LKJCholesky(d, 2.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("c", dist.Categorical(probs=p), obs=c)
+        numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(d), scale_tril=sigma[:, None] * L), obs=x)
+
+
+def constrained_data(size: Size) -> Data:
+    r = _rng()
+    n, d = size["N"], size["D"]
+    p = r.dirichlet(np.arange(1, d + 1))
+    c = r.choice(d, size=n, p=p).astype(np.int32)
+    a = r.randn(d, d) / np.sqrt(d)
+    cov = a @ a.T + np.diag(np.linspace(0.5, 2.0, d))
+    x = r.multivariate_normal(np.zeros(d), cov, size=n).astype(np.float32)
+    return jnp.asarray(c), jnp.asarray(x)
+
+
+_STICK, _CORR = StickBreakingTransform(), CorrCholeskyTransform()
+
+
+def constrained_log_joint(u, data, key, size):
+    c, x = data
+    d = x.shape[1]
+    p = _STICK(u["p"])
+    sigma, jac_sigma = _exp(u["sigma"])
+    L = _CORR(u["L"])
+    scale_tril = sigma[:, None] * L
+    log_p = (
+        dist.Dirichlet(jnp.ones(d)).log_prob(p)
+        + jnp.sum(dist.HalfCauchy(1.0).log_prob(sigma))
+        + dist.LKJCholesky(d, 2.0).log_prob(L)
+        + jnp.sum(jnp.log(p)[c])
+        + jnp.sum(dist.MultivariateNormal(jnp.zeros(d), scale_tril=scale_tril).log_prob(x))
+    )
+    jac = _STICK.log_abs_det_jacobian(u["p"], p) + jac_sigma + _CORR.log_abs_det_jacobian(u["L"], L)
+    return log_p, jac
+
+
+CONSTRAINED = Bench(
+    "constrained",
+    constrained_model,
+    constrained_data,
+    lambda s: {"p": (s["D"] - 1,), "sigma": (s["D"],), "L": (s["D"] * (s["D"] - 1) // 2,)},
+    constrained_log_joint,
+    sizes=({"N": 1000, "D": 4},),
+    quick_sizes=({"N": 1000, "D": 4},),
+    steps=lambda s: 2000,
+)
+
+
+BENCHES: dict[str, Bench] = {b.name: b for b in (NORMAL, LINREG, HIER, LOGREG, CONSTRAINED)}
+
+
+def size_label(size: Size) -> str:
+    return ",".join(f"{k}={v:,}" for k, v in size.items())
