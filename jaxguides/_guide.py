@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.distributions import Distribution
+from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
 from jaxguides._sites import LatentSite, ModelSites, model_name
@@ -122,7 +123,7 @@ class GuideBase:
         if not sites.deterministic or not _can_call(self.model, args, kwargs):
             return latents
         full = {p.name: jnp.arange(p.size) for p in sites.subsampled_plates}
-        model = self.model
+        model = _ShapeGuard(self.model, sites)
 
         def run(z: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
             seeded = handlers.seed(handlers.substitute(model, data={**z, **full}), key)
@@ -139,6 +140,26 @@ class GuideBase:
             det = jax.vmap(run)(flat, jax.random.split(rng_key, n))
             det = {k: v.reshape(batch_shape + v.shape[1:]) for k, v in det.items()}
         return {**latents, **det}
+
+
+class _ShapeGuard(Messenger):
+    """Refuse, while tracing, a latent site whose full-size shape for these args
+    is not the one the params were made for (say before the model fails on it)."""
+
+    def __init__(self, fn: Callable[..., Any], sites: ModelSites):
+        super().__init__(fn)
+        self.shapes = {s.name: s.shape for s in sites.latents}
+
+    def process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or msg["name"] not in self.shapes:
+            return
+        name, got, want = msg["name"], tuple(msg["fn"].shape()), self.shapes[msg["name"]]
+        if got != want:
+            raise SiteError(
+                name,
+                f"latent site '{name}' has shape {got} for these args, but the params from "
+                f"guide.init give it shape {want}; call guide.init with args of the new shape.",
+            )
 
 
 def _subsample_shape(site: LatentSite) -> tuple[int, ...]:
