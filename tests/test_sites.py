@@ -1,0 +1,240 @@
+"""The static description of a model's sites (``params.sites``) that ``guide.init`` traces.
+
+Expected shapes are worked out from the distributions by hand: e.g. a
+``Dirichlet`` over 4 categories lives on a 3-dimensional unconstrained space,
+an ``LKJCholesky(3)`` factor on 3 = 3*2/2 coordinates, a 3x3 positive definite
+matrix on 6 = 3*4/2.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+import jaxguides as jg
+from models import MODELS, N_DATA, SUBSAMPLE, Case, cases
+
+# name -> {site: (shape, event_dim, unconstrained_shape, unconstrained_event_dim)}
+EXPECTED = {
+    "real": {"x": ((), 0, (), 0)},
+    "positive": {"x": ((), 0, (), 0)},
+    "greater_than": {"x": ((), 0, (), 0)},
+    "greater_than_array": {"x": ((3,), 1, (3,), 1)},
+    "less_than": {"x": ((), 0, (), 0)},
+    "interval": {"x": ((), 0, (), 0)},
+    "interval_array": {"x": ((3,), 1, (3,), 1)},
+    "unit_interval": {"x": ((), 0, (), 0)},
+    "simplex": {"x": ((4,), 1, (3,), 1)},
+    "ordered_vector": {"x": ((3,), 1, (3,), 1)},
+    "positive_ordered_vector": {"x": ((3,), 1, (3,), 1)},
+    "corr_cholesky": {"x": ((3, 3), 2, (3,), 1)},
+    "corr_matrix": {"x": ((3, 3), 2, (3,), 1)},
+    "lower_cholesky": {"x": ((3, 3), 2, (6,), 1)},
+    "scaled_unit_lower_cholesky": {"x": ((3, 3), 2, (6,), 1)},
+    "positive_definite": {"x": ((3, 3), 2, (6,), 1)},
+    "zero_sum": {"x": ((4,), 1, (3,), 1)},
+    "circular": {"x": ((), 0, (), 0)},
+    "softplus_positive": {"x": ((2,), 0, (2,), 0)},
+    "l1_ball": {"x": ((3,), 1, (3,), 1)},
+    "real_vector": {"x": ((3,), 1, (3,), 1)},
+    "real_matrix": {"x": ((2, 3), 2, (2, 3), 2)},
+    "independent": {"x": ((3,), 1, (3,), 1), "y": ((2, 3), 2, (2, 3), 2)},
+    "vector_plate": {"mu": ((), 0, (), 0), "theta": ((3,), 0, (3,), 0), "w": ((3, 4), 1, (3, 3), 1)},
+    "nested_plates": {
+        "sigma": ((), 0, (), 0),
+        "r": ((2, 1), 0, (2, 1), 0),
+        "s": ((2, 3), 0, (2, 3), 0),
+        "c": ((2, 3, 2, 2), 2, (2, 3, 1), 1),
+    },
+    # subsampled plates: full size (10), not the traced subsample (4)
+    "subsampled": {"mu": ((), 0, (), 0), "z": ((10,), 0, (10,), 0), "w": ((10, 3), 1, (10, 2), 1)},
+    "subsampled_nested": {"v": ((10, 2, 3), 1, (10, 2, 3), 1)},
+}
+
+# name -> {site: ((plate name, size, subsample size, dim), ...) outermost first}
+EXPECTED_PLATES = {
+    "vector_plate": {"mu": (), "theta": (("groups", 3, 3, -1),), "w": (("groups", 3, 3, -1),)},
+    "nested_plates": {
+        "sigma": (),
+        "r": (("rows", 2, 2, -2),),
+        "s": (("rows", 2, 2, -2), ("cols", 3, 3, -1)),
+        "c": (("rows", 2, 2, -2), ("cols", 3, 3, -1)),
+    },
+    "subsampled": {"mu": (), "z": (("data", 10, 4, -1),), "w": (("data", 10, 4, -1),)},
+    "subsampled_nested": {"v": (("data", 10, 4, -2), ("k", 2, 2, -1))},
+}
+
+EXPECTED_OTHER_SITES = {  # (observed, factors, deterministic)
+    "vector_plate": (("y",), (), ("shift",)),
+    "nested_plates": (("y",), ("penalty",), ()),
+    "subsampled": (("x",), (), ()),
+    "subsampled_nested": (("x",), (), ()),
+}
+
+
+def init(case, guide_cls=jg.AutoNormal, key=0, **options):
+    guide = guide_cls(case.model, create_plates=case.create_plates, **options)
+    return guide, guide.init(jax.random.PRNGKey(key), *case.args)
+
+
+def test_expected_tables_cover_every_model():
+    assert set(EXPECTED) == set(MODELS)
+
+
+@pytest.mark.parametrize("case", cases())
+def test_latent_shapes_and_event_dims(case):
+    _, params = init(case)
+    sites = params.sites
+    expected = EXPECTED[case.name]
+    assert sites.names == tuple(expected)  # in the order the model samples them
+    for name, (shape, event_dim, u_shape, u_event_dim) in expected.items():
+        site = sites[name]
+        assert (site.shape, site.event_dim, site.unconstrained_shape, site.unconstrained_event_dim) == (
+            shape,
+            event_dim,
+            u_shape,
+            u_event_dim,
+        ), name
+        assert site.dtype == "float32"
+        # params are at the full size the description gives
+        assert params.loc[name].shape == u_shape
+        assert params.raw_scale[name].shape == u_shape
+    assert sites.model == f"{case.model.__module__}.{case.model.__qualname__}"
+
+
+@pytest.mark.parametrize("case", cases(EXPECTED_PLATES))
+def test_plate_frames(case):
+    _, params = init(case)
+    sites = params.sites
+    for name, frames in EXPECTED_PLATES[case.name].items():
+        got = tuple((f.name, f.size, f.subsample_size, f.dim) for f in sites[name].plates)
+        assert got == frames, name
+        for f in sites[name].plates:
+            assert f.subsampled == (f.subsample_size != f.size)
+    observed, factors, deterministic = EXPECTED_OTHER_SITES[case.name]
+    assert (sites.observed, sites.factors, sites.deterministic) == (observed, factors, deterministic)
+    all_frames = {(f.name, f.size, f.subsample_size, f.dim) for f in sites.plates}
+    assert all_frames == {fr for frames in EXPECTED_PLATES[case.name].values() for fr in frames}
+    assert {f.name for f in sites.subsampled_plates} == {
+        fr[0] for frames in EXPECTED_PLATES[case.name].values() for fr in frames if fr[1] != fr[2]
+    }
+
+
+@pytest.mark.parametrize("case", cases(["subsampled", "subsampled_nested", "nested_plates"]))
+def test_plate_axis_points_at_the_plate(case):
+    _, params = init(case)
+    for site in params.sites.latents:
+        for frame in site.plates:
+            assert site.shape[site.plate_axis(frame, unconstrained=False)] == frame.size
+            assert site.unconstrained_shape[site.plate_axis(frame)] == frame.size
+
+
+def test_plate_without_sample_sites_has_no_dim():
+    def model():
+        numpyro.sample("a", dist.Normal(0.0, 1.0))
+        with numpyro.plate("empty", 5):
+            pass
+
+    _, params = init(Case(model))
+    (frame,) = params.sites.plates
+    assert (frame.name, frame.size, frame.subsample_size, frame.dim) == ("empty", 5, 5, None)
+
+
+def test_observed_only_plate_is_recorded():
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("obs", 4, subsample_size=2) as idx:
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    guide = jg.AutoNormal(model)
+    sites = guide.init(jax.random.PRNGKey(0), jnp.arange(4.0)).sites
+    assert sites.names == ("mu",) and sites.observed == ("y",)
+    (frame,) = sites.plates
+    assert (frame.name, frame.size, frame.subsample_size, frame.dim) == ("obs", 4, 2, -1)
+    assert sites["mu"].plates == ()
+
+
+@pytest.mark.parametrize("case", cases())
+def test_description_is_static_hashable_and_stable(case):
+    _, p1 = init(case, key=0)
+    _, p2 = init(case, key=7, init_loc_fn=jg.init_to_uniform)
+    _, p3 = init(case, jg.AutoDelta, key=3)
+    # hashable, and independent of the key and the init strategy
+    assert hash(p1.sites) == hash(p2.sites) == hash(p3.sites)
+    assert p1.sites == p2.sites == p3.sites
+    assert jax.tree.structure(p1) == jax.tree.structure(p2)
+    # no array in the static part (array-valued support bounds travel in params)
+    static = [leaf for s in p1.sites.latents for _, leaf in s.support.static_leaves]
+    assert all(isinstance(x, (bool, int, float)) for x in static)
+    assert pickle.loads(pickle.dumps(p1.sites)) == p1.sites
+
+
+def test_descriptions_of_different_models_differ():
+    _, a = init(MODELS["real"])
+    _, b = init(MODELS["positive"])
+    assert a.sites != b.sites
+    assert jax.tree.structure(a) != jax.tree.structure(b)
+
+
+@pytest.mark.parametrize("case", cases())
+def test_support_is_rebuilt(case):
+    # The rebuilt support is the model's: same bijection on random unconstrained points.
+    _, params = init(case)
+    model = numpyro.handlers.substitute(numpyro.handlers.seed(case.model, 0), substitute_fn=jg.init_to_feasible)
+    tr = numpyro.handlers.trace(model).get_trace(*case.args)
+    for i, site in enumerate(params.sites.latents):
+        support = site.support.build(params.support[site.name])
+        original = tr[site.name]["fn"].support
+        assert type(support) is type(original), site.name
+        u = jax.random.normal(jax.random.PRNGKey(i), site.unconstrained_shape)
+        expected = biject_to(original)(u) if not site.plates else None
+        got = site.transform(params.support[site.name])(u)
+        assert np.all(np.asarray(support(got)))
+        if expected is not None:
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_array_support_bounds_are_data():
+    _, params = init(MODELS["interval_array"])
+    lower, upper = params.support["x"]
+    np.testing.assert_array_equal(lower, [-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(upper, [1.0, 3.0, 5.0])
+    support = params.sites["x"].support.build((lower, upper))
+    # reinterpreted as an event of one vector
+    assert isinstance(support, constraints.independent)
+    assert support.reinterpreted_batch_ndims == 1
+    _, params = init(MODELS["greater_than"])
+    np.testing.assert_allclose(params.sites["x"].support.build(params.support["x"]).lower_bound, 2.0)
+
+
+def test_site_lookup():
+    _, params = init(MODELS["independent"])
+    assert params.sites["y"].name == "y"
+    with pytest.raises(KeyError):
+        params.sites["nope"]
+
+
+@pytest.mark.allow_rank_promotion  # NumPyro's StickBreakingTransform on a batch of rows
+def test_full_sizes_do_not_depend_on_the_subsample():
+    # the subsample of the traced call is 4 rows; the description is at full size
+    _, params = init(MODELS["subsampled"])
+    assert params.sites["z"].shape == (N_DATA,)
+    assert params.sites["z"].plates[0].subsample_size == SUBSAMPLE
+
+
+def test_init_works_under_jit_and_gives_the_same_description():
+    case = MODELS["nested_plates"]
+    guide = jg.AutoNormal(case.model)
+    eager = guide.init(jax.random.PRNGKey(0), *case.args)
+    jitted = jax.jit(guide.init)(jax.random.PRNGKey(0), *case.args)
+    assert jitted.sites == eager.sites
+    for name in eager.sites.names:
+        np.testing.assert_allclose(jitted.loc[name], eager.loc[name], rtol=1e-6, atol=1e-6)
