@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,7 +61,8 @@ jax.tree_util.register_dataclass(
 
 
 def _check_init_scale(init_scale: Any) -> float:
-    ok = isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
+    # numbers.Real: also NumPy scalars (np.float32(0.1)); not bools, though they are ints
+    ok = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
     if not ok or not math.isfinite(init_scale) or init_scale <= 0:
         raise ValueError(f"init_scale must be a finite float > 0, got {init_scale!r}; the default is 0.1.")
     return float(init_scale)
