@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
@@ -80,7 +81,7 @@ def test_support_without_bijection(guide_cls):
 
 
 # ---- init_scale -----------------------------------------------------------------------------
-@pytest.mark.parametrize("init_scale", [0.0, -0.1, math.nan, math.inf, -math.inf, "0.1", True, None, [0.1]])
+@pytest.mark.parametrize("init_scale", [0.0, -0.1, math.nan, math.inf, -math.inf, "0.1", True, np.True_, None, [0.1]])
 def test_bad_init_scale_fails_at_construction(init_scale):
     with pytest.raises(ValueError, match="init_scale") as info:
         jg.AutoNormal(positive_model, init_scale=init_scale)

@@ -354,7 +354,7 @@ def test_init_to_value_is_recovered_by_median(guide_cls):
 
 
 def test_init_scale_is_reflected_in_params():
-    for init_scale in [0.37, 2]:
+    for init_scale in [0.37, 2, np.float32(0.5)]:
         params = jg.AutoNormal(mixed, init_scale=init_scale).init(jax.random.PRNGKey(0))
         for site in params.sites.latents:
             scale = params.scale[site.name]
