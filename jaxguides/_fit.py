@@ -384,11 +384,17 @@ class FitResult:
 
 
 def _chunk_length(num_steps: int, chunk_size: int | None, checkpoint_every: int | None) -> int:
+    """Steps per compiled chunk. By default about 2% of the run, rounded up to a
+    power of two in [64, 1024]: fits of different lengths share a compilation
+    (a chunk's steps past ``num_steps`` idle), and a short fit is one chunk."""
     if chunk_size is None:
-        chunk_size = min(max(num_steps // 50, 1), 1000)
+        target = max(num_steps // 50, 1)
+        chunk_size = min(max(64, 1 << (target - 1).bit_length()), 1024)
+    else:
+        chunk_size = min(chunk_size, max(num_steps, 1))
     if checkpoint_every:
         chunk_size = max(d for d in range(1, min(chunk_size, checkpoint_every) + 1) if checkpoint_every % d == 0)
-    return max(1, min(chunk_size, max(num_steps, 1)))
+    return max(1, chunk_size)
 
 
 def _check_args(num_steps: Any, on_nonfinite: str, checkpoint_every: Any, chunk_size: Any) -> None:
@@ -443,7 +449,7 @@ def fit(
     """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
 
     Steps run in compiled ``lax.scan`` chunks of ``chunk_size`` steps (default
-    about 2% of the run, at most 1,000); the progress bar shows the mean loss
+    about 2% of the run, a power of two from 64 to 1,024); the progress bar shows the mean loss
     of the last chunk. Compilation is cached per (model, guide, loss,
     optimizer, argument shapes); an optimizer built anew with the same
     settings (``optax.adam(1e-2)`` written inline) counts as the same one.
@@ -515,7 +521,9 @@ def fit(
     end = end if layout is None else place(end, layout.replicated)
     init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     resuming = checkpoint is not None and os.path.exists(checkpoint)
-    ahead = _compile_ahead(init, chunk_static, rng_key, end, dynamic) if layout is None and not resuming else None
+    seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
+    first = seen not in _COMPILED  # then compile the chunk ahead, beside init
+    ahead = _compile_ahead(init, chunk_static, rng_key, end, dynamic) if first and layout is None and not resuming else None
     state = init(rng_key, dynamic)
     if ahead is not None:
         ahead.result()
@@ -527,6 +535,8 @@ def fit(
         n = min(len(saved), num_steps)
         losses[:n] = saved[:n]
     run = functools.partial(_run_chunk, **chunk_static)
+    if first and len(_COMPILED) < 4096:
+        _COMPILED.add(seen)
     step = int(state.step)
     last_saved = step
     with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
@@ -580,6 +590,14 @@ def _compile_ahead(
             pass
 
     return _COMPILER.submit(compile_quietly)
+
+
+_COMPILED: set[Any] = set()  # (guide, chunk's static args, argument avals) fit has compiled
+
+
+def _avals(tree: Any) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), _dtype(x)) for x in leaves)
 
 
 def _save(path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int) -> None:
