@@ -1,0 +1,121 @@
+"""A fit run in a fresh process, for tests/test_reliability.py.
+
+    python tests/_fit_worker.py OUT.npz [--checkpoint PATH] [--x64]
+
+fits a small model with a subsampled plate (AutoNormal, adam, checkpoints
+every 50 of 300 steps) and saves to OUT.npz every array a user would keep:
+the params leaves (``param:<path>``), the per-step losses, a draw of
+``guide.sample`` and the median, and NumPyro's median of the exported params
+(``numpyro_median:<site>``).
+
+Fault injection (the command line stays the same, so re-running it is what a
+user would do): with ``JAXGUIDES_TEST_BLOCK_AT_SAVE=k`` in the environment the
+k-th checkpoint write stops half-way through writing its temporary file,
+prints ``MIDWRITE`` and waits to be killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+STEPS, EVERY, N, SUB = 300, 50, 20, 8
+
+
+def model(y):
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 0.5))
+    p = numpyro.sample("p", dist.Beta(2.0, 2.0))
+    with numpyro.plate("data", y.shape[0], subsample_size=SUB) as idx:
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(z + p, sigma), obs=y[idx])
+
+
+def _block_at_save(k: int) -> None:
+    """Make the k-th file opened by ``os.fdopen`` (a checkpoint's temporary
+    file) stop half-way through its write, then wait to be killed."""
+    real_fdopen, calls = os.fdopen, []
+
+    class HalfWriter:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            print("MIDWRITE", flush=True)
+            time.sleep(600)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        calls.append(1)
+        return HalfWriter(f) if len(calls) == k else f
+
+    os.fdopen = fdopen
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--x64", action="store_true")
+    opts = parser.parse_args(argv)
+
+    import jax
+
+    if opts.x64:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from numpyro import handlers
+    from numpyro.infer import autoguide
+
+    import jaxguides as jg
+
+    if os.environ.get("JAXGUIDES_TEST_BLOCK_AT_SAVE"):
+        _block_at_save(int(os.environ["JAXGUIDES_TEST_BLOCK_AT_SAVE"]))
+
+    y = jnp.asarray(np.linspace(-1.0, 3.0, N) + np.sin(np.arange(N)))
+    guide = jg.AutoNormal(model)
+    result = jg.fit(model, guide, optax.adam(0.03), jax.random.PRNGKey(42), STEPS, y, progress_bar=False,
+                    checkpoint=opts.checkpoint, checkpoint_every=EVERY if opts.checkpoint else None)
+    params = result.params
+    out = {"loss": result.losses}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        out["param:" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    for name, value in guide.sample(params, jax.random.PRNGKey(7), y, sample_shape=(5,)).items():
+        out["sample:" + name] = np.asarray(value)
+    for name, value in guide.median(params).items():
+        out["median:" + name] = np.asarray(value)
+
+    # NumPyro's AutoNormal on the exported params (the plate given all its rows)
+    ref = autoguide.AutoNormal(model)
+    with handlers.seed(rng_seed=0):
+        ref(y)
+    with warnings.catch_warnings(), handlers.substitute(data={"data": jnp.arange(N)}):
+        warnings.simplefilter("ignore")
+        for name, value in ref.median(jg.to_numpyro_params(guide, params)).items():
+            out["numpyro_median:" + name] = np.asarray(value)
+    np.savez(opts.out, **out)
+    print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
