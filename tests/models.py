@@ -16,8 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import pytest
 import numpyro.distributions as dist
+import pytest
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import OrderedTransform
