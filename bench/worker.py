@@ -4,7 +4,8 @@ The spec names an implementation, a model, its size and guide, the steps per
 timed run and the number of timed runs. The process builds the implementation
 (timing the first finished step from nothing: trace, init, compile, one step),
 then times ``windows`` steady-state runs, and prints one JSON line:
-``{"first_step_s", "step_s": [...], "losses": [...], "peak_rss_mb"}``.
+``{"first_step_s", "step_s": [...], "step_cpu_s": [...], "losses": [...],
+"peak_rss_mb"}`` (wall and CPU seconds per step of each timed run).
 A fresh process per measurement keeps compile caches from leaking between
 implementations.
 """
@@ -33,14 +34,16 @@ def main(spec: dict) -> dict:
     t = time.perf_counter()
     impl = impls.build(spec["impl"], bench, size, spec["guide"], data)
     first = time.perf_counter() - t
-    step_s, losses = [], None
+    step_s, step_cpu_s, losses = [], [], None
     for _ in range(spec["windows"]):
         dt, losses = impl.run(spec["steps"])
-        step_s.append(dt)
+        step_s.append(float(dt[0]))
+        step_cpu_s.append(float(dt[1]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
         "first_step_s": first,
         "step_s": step_s,
+        "step_cpu_s": step_cpu_s,
         "losses": np.asarray(losses, np.float64).tolist(),
         "peak_rss_mb": peak,
     }
