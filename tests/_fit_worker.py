@@ -11,7 +11,8 @@ the params leaves (``param:<path>``), the per-step losses, a draw of
 Fault injection (the command line stays the same, so re-running it is what a
 user would do): with ``JAXGUIDES_TEST_BLOCK_AT_SAVE=k`` in the environment the
 k-th checkpoint write stops half-way through writing its temporary file,
-prints ``MIDWRITE`` and waits to be killed.
+prints ``MIDWRITE`` and waits to be killed. Every run prints
+``CHECKPOINT_WRITES n``, the number of checkpoints it wrote.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def _block_at_save(k: int) -> None:
     os.fdopen = fdopen
 
 
+def _count_checkpoint_writes(path: str | None) -> list[str]:
+    """Record each atomic rename onto ``path`` (one per checkpoint written): a run
+    resumed from step 100 writes 4 checkpoints, one from scratch 6."""
+    real_replace, writes = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if path is not None and os.path.abspath(dst) == os.path.abspath(path):
+            writes.append(dst)
+
+    os.replace = replace
+    return writes
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -91,6 +106,7 @@ def main(argv: list[str]) -> None:
 
     if os.environ.get("JAXGUIDES_TEST_BLOCK_AT_SAVE"):
         _block_at_save(int(os.environ["JAXGUIDES_TEST_BLOCK_AT_SAVE"]))
+    writes = _count_checkpoint_writes(opts.checkpoint)
 
     y = jnp.asarray(np.linspace(-1.0, 3.0, N) + np.sin(np.arange(N)))
     guide = jg.AutoNormal(model)
@@ -114,6 +130,7 @@ def main(argv: list[str]) -> None:
         for name, value in ref.median(jg.to_numpyro_params(guide, params)).items():
             out["numpyro_median:" + name] = np.asarray(value)
     np.savez(opts.out, **out)
+    print(f"CHECKPOINT_WRITES {len(writes)}", flush=True)
     print("DONE", flush=True)
 
 

@@ -221,14 +221,14 @@ def assert_in_support(sites: dict[str, dict[str, Any]], values: dict[str, jax.Ar
 
 def assert_close(ours: dict[str, jax.Array], theirs: dict[str, jax.Array], rtol: float, atol: float) -> None:
     assert set(theirs) <= set(ours), (set(theirs), set(ours))
-    for name in theirs:
-        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]), rtol=rtol, atol=atol, err_msg=name)
+    for name, value in theirs.items():
+        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(value), rtol=rtol, atol=atol, err_msg=name)
 
 
 def assert_same_shapes(ours: dict[str, jax.Array], theirs: dict[str, jax.Array]) -> None:
     assert set(ours) == set(theirs)
-    for name in ours:
-        assert ours[name].shape == theirs[name].shape, name
+    for name, value in ours.items():
+        assert value.shape == theirs[name].shape, name
 
 
 def perturb(params, key):
@@ -337,16 +337,16 @@ def check_auto_delta(model, sites):
     assert_close(guide.median(back), median, rtol=1e-4, atol=1e-4)
 
 
+# NumPyro's own code for most of these distributions and transforms (Dirichlet,
+# MultivariateNormal, LKJ, Wishart, array-bounded Uniform / TruncatedNormal,
+# AutoNormal.quantiles) broadcasts across ranks, so models drawn from this menu
+# run with rank promotion allowed (conftest.py's opt-in marker).
+@pytest.mark.allow_rank_promotion
 @SETTINGS
 @given(model_specs())
 def test_guides_on_generated_models(spec_sub):
     spec, subsample = spec_sub
     model = make_model(spec, subsample)
-    # conftest.py sets rank promotion to "raise"; NumPyro's own code for most of
-    # these distributions and transforms (Dirichlet, MultivariateNormal, LKJ,
-    # Wishart, array-bounded Uniform / TruncatedNormal, AutoNormal.quantiles)
-    # broadcasts across ranks, so a model drawn from this menu needs "allow".
-    with jax.numpy_rank_promotion("allow"):
-        sites = model_sites(model)
-        check_auto_normal(model, sites)
-        check_auto_delta(model, sites)
+    sites = model_sites(model)
+    check_auto_normal(model, sites)
+    check_auto_delta(model, sites)

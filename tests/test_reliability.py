@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import jaxguides as jg
 KEY = jax.random.PRNGKey(0)
 WORKER = Path(__file__).with_name("_fit_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-import _fit_worker  # noqa: E402  (the model the subprocesses fit)
+import _fit_worker  # the model the subprocesses fit
 
 
 def _finite(tree) -> bool:
@@ -492,9 +493,9 @@ def runs(tmp_path_factory):
 
 def _assert_bit_equal(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> None:
     assert sorted(x) == sorted(y)
-    for k in x:
-        assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape, k
-        assert x[k].tobytes() == y[k].tobytes(), f"{k} differs"
+    for k, value in x.items():
+        assert value.dtype == y[k].dtype and value.shape == y[k].shape, k
+        assert value.tobytes() == y[k].tobytes(), f"{k} differs"
 
 
 def test_same_key_gives_byte_identical_runs_in_fresh_processes(runs):
@@ -529,6 +530,11 @@ def test_killed_fit_resumes_bit_for_bit(runs):
     """Re-running the killed command resumes from step 100 and ends with params,
     losses, draws and medians byte-identical to the uninterrupted run."""
     _assert_bit_equal(runs["resumed"], runs["a"])
+    # it resumed from step 100: two checkpoint writes (steps 50 and 100) fewer than
+    # the run from scratch
+    writes = {k: int(re.search(r"CHECKPOINT_WRITES (\d+)", runs["outputs"][k]).group(1)) for k in ("a", "resumed")}
+    assert writes["a"] >= _fit_worker.STEPS // _fit_worker.EVERY
+    assert writes["resumed"] == writes["a"] - 2, writes
     final = jg.load_checkpoint(runs["ckpt"])
     assert int(final["state"].step) == _fit_worker.STEPS
     np.testing.assert_array_equal(final["losses"], runs["a"]["loss"])
