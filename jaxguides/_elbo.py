@@ -40,6 +40,9 @@ class _ModelGuard(Messenger):
         self.shapes = shapes
 
     def process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "plate":
+            self._check_plate(msg)
+            return
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         name = msg["name"]
@@ -59,6 +62,25 @@ class _ModelGuard(Messenger):
                 f"from guide.init give it shape {want}. A latent's shape may change only "
                 "through subsampling: if the data size changed, call guide.init with the "
                 "new data, or put the data in a subsampled plate.",
+            )
+
+
+    def _check_plate(self, msg: dict[str, Any]) -> None:
+        """A subsampled plate must keep its init-time size and subsample size."""
+        frame = next((p for p in self.sites.plates if p.name == msg["name"]), None)
+        if frame is None:
+            return
+        size, subsample_size = msg["args"]
+        got = (size, size if subsample_size is None else subsample_size)
+        # a plate that is not subsampled is checked through its latents' shapes, site by site
+        if frame.subsampled and got != (frame.size, frame.subsample_size):
+            local = [s.name for s in self.sites.latents if any(f.name == frame.name for f in s.plates)]
+            raise SiteError(
+                local[0] if local else frame.name,
+                f"plate '{frame.name}' has size {got[0]} (subsample {got[1]}) for these args, but "
+                f"size {frame.size} (subsample {frame.subsample_size}) at guide.init"
+                + (f"; its latent sites {local} have params of the init size" if local else "")
+                + ". Call guide.init with the new data (or keep the plate's size and subsample_size).",
             )
 
 

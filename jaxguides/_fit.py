@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from jaxguides._canonical import canonical
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._elbo import ELBOLoss, elbo_loss
-from jaxguides._epoch import SubsampleState, advance, batch_indices, init_subsample
+from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
 from jaxguides._errors import CheckpointError, NonFiniteLossError
 from jaxguides._sharding import PlateLayout, gather, place, shard_args
 from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
@@ -105,8 +105,15 @@ def _freeze_support(updates: Any) -> Any:
     return updates
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+def _usable(grads: Any) -> jax.Array:
+    """Every gradient element and its square are finite.
+
+    Adam-family optimizers square the gradient: a finite gradient whose square
+    overflows (|g| > 1.8e19 in float32) would leave ``nu = inf`` in the optimizer
+    state for good. Checking ``g * g`` costs nothing over checking ``g`` (one
+    fused pass), where checking the new optimizer state would read it all again.
+    """
+    leaves = [jnp.all(jnp.isfinite(x * x)) for x in jax.tree.leaves(grads)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -123,14 +130,15 @@ def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[
 
 def _step_indices(
     loss_fn: ELBOLoss, state: SVIState, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Indices:
-    """This step's rows of every subsampled plate: the epoch cursors' next batch,
-    the user's ``create_plates`` rows, fresh (stratified) draws for the rest."""
+) -> tuple[SubsampleState | None, Indices]:
+    """This step's rows of every subsampled plate: the epoch cursors' next batch
+    (with the cursors it came from), the user's ``create_plates`` rows, fresh
+    (stratified) draws for the rest."""
     plates = state.params.sites.plates
-    own = batch_indices(state.subsample, plates) if state.subsample is not None else {}
+    cursors, own = next_batch(state.subsample, plates) if state.subsample is not None else (None, {})
     rest = tuple(p for p in plates if p.name not in own)
     blocks = dict(loss_fn.subsample_blocks)
-    return {**draw_indices(rest, rng_key, loss_fn.guide.create_plates, args, kwargs, blocks), **own}
+    return cursors, {**draw_indices(rest, rng_key, loss_fn.guide.create_plates, args, kwargs, blocks), **own}
 
 
 def _update(
@@ -140,18 +148,19 @@ def _update(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[SVIState, jax.Array, jax.Array]:
-    """One SVI step. A non-finite loss or gradient keeps params, optimizer state
-    and the epoch cursors (``lax.cond``: no select over the whole state)."""
+    """One SVI step. A non-finite loss or gradient (or a gradient whose square
+    overflows) keeps params, optimizer state and the epoch cursors as they were;
+    only the key and the step count move on."""
     key, step_key = jax.random.split(state.rng_key)
     sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
-    spec = None
+    spec, subsample = None, state.subsample
     if state.subsample is None and not sparse:  # the loss draws its own rows, if any
         loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
     else:
         if not isinstance(loss_fn, ELBOLoss):
             raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
         plate_key, step_key = jax.random.split(step_key)
-        indices = _step_indices(loss_fn, state, plate_key, args, kwargs)
+        subsample, indices = _step_indices(loss_fn, state, plate_key, args, kwargs)
         spec = row_spec(state.params, indices) if sparse else None
         if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
             local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}
@@ -165,22 +174,20 @@ def _update(
             loss, grads = jax.value_and_grad(lambda p: loss_fn.evaluate(p, step_key, args, kwargs, indices=indices))(
                 state.params
             )
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jnp.isfinite(loss) & _usable(grads)
+    if spec is None:  # dense: update only on finite steps; a cond, not a select over the whole state
 
-    def commit(params: Any, opt_state: Any, subsample: Any) -> tuple[Any, Any, Any]:
-        if spec is None:
+        def commit(params: Any, opt_state: Any) -> tuple[Any, Any]:
             updates, opt_state = optimizer.update(grads, opt_state, params)
-        else:
-            updates, opt_state = optimizer.update(grads, opt_state, params, rows=spec)
-        params = apply_rows(params, _freeze_support(updates), spec)
-        if subsample is not None:
-            subsample = advance(subsample, state.params.sites.plates)
-        return params, opt_state, subsample
+            return optax.apply_updates(params, _freeze_support(updates)), opt_state
 
-    def keep(params: Any, opt_state: Any, subsample: Any) -> tuple[Any, Any, Any]:
-        return params, opt_state, subsample
-
-    params, opt_state, subsample = jax.lax.cond(finite, commit, keep, state.params, state.opt_state, state.subsample)
+        params, opt_state = jax.lax.cond(finite, commit, lambda p, o: (p, o), state.params, state.opt_state)
+    else:  # row-sparse: the batch's rows are written in place on every step, masked by `finite`
+        # (a table written in place inside a cond branch is copied whole by XLA on every step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, rows=spec, mask=finite)
+        params = apply_rows(state.params, _freeze_support(updates), spec, mask=finite)
+    if subsample is not None:
+        subsample = advance(subsample, state.params.sites.plates, finite)
     return SVIState(params, opt_state, key, state.step + 1, subsample), loss, finite
 
 
@@ -269,31 +276,33 @@ def _chunk(
     pin = (lambda s: s) if layout is None else layout.constrain  # same layout in and out
     state = pin(state)
 
-    def body(carry: tuple[SVIState, jax.Array, jax.Array], _: None) -> tuple[Any, jax.Array]:
-        state, bad, skipped = carry
-        active = (state.step < end) & (bad < 0)
+    # A while loop, not a scan of cond(active, step, idle): a step that writes rows in
+    # place (sparse_adam) inside a cond branch makes XLA copy every table it writes.
+    def active(carry: tuple[Any, ...]) -> jax.Array:
+        i, state, bad, _, _ = carry
+        return (i < length) & (state.step < end) & (bad < 0)
 
-        def run(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
-            new, loss, finite = _update(loss_fn, optimizer, s, args, kwargs)
-            return new, loss.astype(jnp.float32), finite  # float64 under x64; cond needs idle's dtype
-
-        def idle(s: SVIState) -> tuple[SVIState, jax.Array, jax.Array]:
-            return s, jnp.full((), jnp.nan, jnp.float32), jnp.array(True)
-
-        new, loss, finite = jax.lax.cond(active, run, idle, state)
-        loss = loss.astype(jnp.float32)
-        failed = active & ~finite
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        i, state, bad, skipped, losses = carry
+        new, loss, finite = _update(loss_fn, optimizer, state, args, kwargs)
         if skip:
-            skipped = skipped + failed.astype(jnp.int32)
+            skipped = skipped + (~finite).astype(jnp.int32)
         else:  # stop: keep the last finite state exactly as it was (_update kept the rest)
-            bad = jnp.where(failed, state.step, bad)
+            bad = jnp.where(finite, bad, state.step)
             new = new._replace(
-                rng_key=jnp.where(failed, state.rng_key, new.rng_key), step=jnp.where(failed, state.step, new.step)
+                rng_key=jnp.where(finite, new.rng_key, state.rng_key), step=jnp.where(finite, new.step, state.step)
             )
-        return (pin(new), bad, skipped), loss
+        losses = losses.at[i].set(loss.astype(jnp.float32))  # float64 under x64
+        return i + 1, pin(new), bad, skipped, losses
 
-    init = (state, jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32))
-    (state, bad, skipped), losses = jax.lax.scan(body, init, None, length=length)
+    init = (
+        jnp.zeros((), jnp.int32),
+        state,
+        jnp.array(-1, jnp.int32),
+        jnp.array(0, jnp.int32),
+        jnp.full((length,), jnp.nan, jnp.float32),
+    )
+    _, state, bad, skipped, losses = jax.lax.while_loop(active, body, init)
     if layout is not None:
         losses, bad, skipped = layout.constrain_replicated((losses, bad, skipped))
     return _Chunk(pin(state), losses, bad, skipped)

@@ -328,6 +328,13 @@ def _describe(
         _check_init_value(name, fn, value)
         transform = biject_to(fn.support)
         unconstrained = transform.inv(value)
+        if _is_concrete(unconstrained) and not bool(np.all(np.isfinite(np.asarray(unconstrained)))):
+            raise SiteError(
+                name,
+                f"init value of site '{name}' is on the edge of its support {fn.support} (its "
+                "unconstrained value is not finite); give init_to_value a value strictly inside "
+                "the support, or use another init strategy (e.g. init_to_feasible).",
+            )
         event_dim = fn.event_dim
         u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
         frames = list(site["cond_indep_stack"])
