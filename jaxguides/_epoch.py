@@ -36,7 +36,15 @@ import jax.numpy as jnp
 
 from jaxguides._sites import PlateFrame
 
-__all__ = ["PlateCursor", "SubsampleState", "advance", "batch_indices", "feistel_permutation", "init_subsample"]
+__all__ = [
+    "PlateCursor",
+    "SubsampleState",
+    "advance",
+    "batch_indices",
+    "feistel_permutation",
+    "init_subsample",
+    "next_batch",
+]
 
 _ROUNDS = 6
 
@@ -124,34 +132,44 @@ def _frames(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> list[Plate
     return [by_name[name] for name in state.plates]
 
 
-def batch_indices(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> dict[str, jax.Array]:
-    """This step's rows, ``{plate: int32[subsample_size]}``, O(batch).
+def _roll(cur: PlateCursor, plate: PlateFrame) -> PlateCursor:
+    """``cur``, or the start of the next epoch if fewer than a batch of rows remain."""
 
+    def next_epoch(cur: PlateCursor) -> PlateCursor:
+        epoch = cur.epoch + 1
+        perm = feistel_permutation(jax.random.fold_in(cur.key, epoch), plate.size)
+        return PlateCursor(cur.key, perm, jnp.zeros((), jnp.int32), epoch)
+
+    return jax.lax.cond(cur.offset + plate.subsample_size > plate.size, next_epoch, lambda c: c, cur)
+
+
+def next_batch(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> tuple[SubsampleState, dict[str, jax.Array]]:
+    """This step's rows, ``{plate: int32[subsample_size]}``, and the cursors they come from.
+
+    When fewer than a batch of rows remain, the next epoch's permutation is
+    drawn first (O(size)), under ``lax.cond``, so the other steps do not pay
+    for it (under ``vmap`` the ``cond`` becomes a ``select``, which does).
+    The ``cond`` comes before the rows are read: XLA then updates the
+    permutation in place instead of copying it on every step.
     ``plates`` are the model's plate frames (a superset of the cursors' plates).
     """
-    out = {}
+    cursors, rows = dict(state.plates), {}
     for p in _frames(state, plates):
-        cur = state.plates[p.name]
-        out[p.name] = jax.lax.dynamic_slice(cur.perm, (cur.offset,), (p.subsample_size,))
-    return out
+        cur = cursors[p.name] = _roll(cursors[p.name], p)
+        rows[p.name] = jax.lax.dynamic_slice(cur.perm, (cur.offset,), (p.subsample_size,))
+    return SubsampleState(cursors), rows
 
 
-def advance(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> SubsampleState:
-    """The cursors after a step: move on a batch, or start the next epoch.
+def batch_indices(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> dict[str, jax.Array]:
+    """The rows the next step will see, ``{plate: int32[subsample_size]}``."""
+    return next_batch(state, plates)[1]
 
-    The next epoch's permutation is drawn (O(size)) only when fewer than a
-    batch of rows remain, under ``lax.cond``, so the other steps do not pay
-    for it (under ``vmap`` the ``cond`` becomes a ``select``, which does).
-    """
+
+def advance(state: SubsampleState, plates: tuple[PlateFrame, ...], ok: jax.Array | bool = True) -> SubsampleState:
+    """The cursors after a step on their batch (from :func:`next_batch`): the batch
+    is used up if the step was ``ok``; a non-finite step leaves it to be drawn again."""
     cursors = dict(state.plates)
     for p in _frames(state, plates):
-
-        def next_epoch(cur: PlateCursor, size: int = p.size) -> PlateCursor:
-            epoch = cur.epoch + 1
-            perm = feistel_permutation(jax.random.fold_in(cur.key, epoch), size)
-            return PlateCursor(cur.key, perm, jnp.zeros((), jnp.int32), epoch)
-
         cur = cursors[p.name]
-        cur = cur._replace(offset=cur.offset + p.subsample_size)
-        cursors[p.name] = jax.lax.cond(cur.offset + p.subsample_size > p.size, next_epoch, lambda c: c, cur)
+        cursors[p.name] = cur._replace(offset=jnp.where(ok, cur.offset + p.subsample_size, cur.offset))
     return SubsampleState(cursors)

@@ -139,22 +139,33 @@ def take_rows(tree: Any, spec: RowSpec) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-def _put_rows(tree: Any, values: Any, spec: RowSpec) -> Any:
+def _put_rows(tree: Any, values: Any, spec: RowSpec, old: Any = None, mask: jax.Array | None = None) -> Any:
+    """``tree`` with ``values`` written at its rows (dense leaves replaced); where
+    ``mask`` is False the rows get ``old`` (their values as read) back instead."""
     leaves, treedef = jax.tree.flatten(tree)
-    out = [v if r is None else x.at[_at(r, x.ndim)].set(v) for x, v, r in zip(leaves, jax.tree.leaves(values), spec)]
+    olds = jax.tree.leaves(old) if mask is not None else [None] * len(leaves)
+    out = []
+    for x, v, o, r in zip(leaves, jax.tree.leaves(values), olds, spec):
+        v = v if mask is None else jnp.where(mask, v, o)
+        out.append(v if r is None else x.at[_at(r, x.ndim)].set(v))
     return jax.tree.unflatten(treedef, out)
 
 
-def apply_rows(params: Any, updates: Any, spec: RowSpec | None) -> Any:
-    """``optax.apply_updates`` for updates given on rows: dense leaves add, row leaves scatter-add."""
-    if spec is None:
+def apply_rows(params: Any, updates: Any, spec: RowSpec | None, mask: jax.Array | None = None) -> Any:
+    """``optax.apply_updates`` for updates given on rows: dense leaves add, row leaves are
+    written at their rows. With ``mask`` False, ``params`` come back bit for bit.
+
+    The rows are written in place, on every step: a masked write, not a
+    ``lax.cond``, because XLA copies a whole table that a ``cond`` branch
+    writes in place.
+    """
+    if spec is None and mask is None:
         return optax.apply_updates(params, updates)
     leaves, treedef = jax.tree.flatten(params)
-    out = [
-        (x + u).astype(x.dtype) if r is None else x.at[_at(r, x.ndim)].add(u.astype(x.dtype))
-        for x, u, r in zip(leaves, jax.tree.leaves(updates), spec)
-    ]
-    return jax.tree.unflatten(treedef, out)
+    spec = spec if spec is not None else [None] * len(leaves)
+    rows = take_rows(params, spec)
+    new = jax.tree.map(lambda x, u: (x + u).astype(x.dtype), rows, updates)
+    return _put_rows(params, new, spec, rows, mask)
 
 
 # ---- the transformation --------------------------------------------------------------------
@@ -169,7 +180,9 @@ def sparse_adam(
     Without ``rows`` it is ``optax.adam(learning_rate, b1, b2, eps)``, update for
     update (the moments bit for bit, the updates to rounding). With ``rows`` (one entry per params leaf, see :func:`row_spec`) the
     gradient of a row leaf is given for its rows only, and the returned update
-    is for those rows (apply it with :func:`apply_rows`): dense Adam's update
+    is for those rows (apply it with :func:`apply_rows`); ``mask=False`` (a
+    traced bool) leaves the state as it was and returns zero updates. The update
+    of a row is dense Adam's update
     on that step, its momentum tail over the following steps, less the part
     of the previous tail past this step. With a schedule, the tail uses the
     current step's learning rate.
@@ -209,7 +222,13 @@ def sparse_adam(
     r = b1 / math.sqrt(b2)  # ratio of the momentum tail's geometric series
 
     def update(
-        grads: Any, state: SparseAdamState, params: Any = None, *, rows: RowSpec | None = None, **extra: Any
+        grads: Any,
+        state: SparseAdamState,
+        params: Any = None,
+        *,
+        rows: RowSpec | None = None,
+        mask: jax.Array | None = None,
+        **extra: Any,
     ) -> tuple[Any, SparseAdamState]:
         del params, extra
         count = optax.safe_int32_increment(state.count)
@@ -240,8 +259,14 @@ def sparse_adam(
         flat = [one(*x) for x in leaves]
         treedef = jax.tree.structure(grads)
         updates, mu, nu, last = (jax.tree.unflatten(treedef, [f[i] for f in flat]) for i in range(4))
+        if mask is not None:  # a masked step: the state as it was, no update
+            count = jnp.where(mask, count, state.count)
+            updates = jax.tree.map(lambda u: jnp.where(mask, u, jnp.zeros_like(u)), updates)
         new = SparseAdamState(
-            count, _put_rows(state.mu, mu, spec), _put_rows(state.nu, nu, spec), _put_rows(state.last, last, spec)
+            count,
+            _put_rows(state.mu, mu, spec, mu_rows, mask),
+            _put_rows(state.nu, nu, spec, nu_rows, mask),
+            _put_rows(state.last, last, spec, last_rows, mask),
         )
         return updates, new
 
