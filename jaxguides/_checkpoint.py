@@ -90,4 +90,4 @@ def _to_host(x: Any) -> Any:
 
 
 def _from_host(x: Any) -> Any:
-    return jax.random.wrap_key_data(x.data, impl=x.impl) if isinstance(x, _KeyData) else x
+    return jax.random.wrap_key_data(jax.numpy.asarray(x.data), impl=x.impl) if isinstance(x, _KeyData) else x

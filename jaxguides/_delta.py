@@ -107,11 +107,11 @@ class AutoDelta(GuideBase):
     def log_prob(self, params: AutoDeltaParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any) -> jax.Array:
         """0 when ``values`` is the point, ``-inf`` elsewhere (a scalar)."""
         sites = self.check_params(params)
-        values = {k: jnp.asarray(v) for k, v in values.items()}
-        indices = self.value_indices(sites, values, args, kwargs)
+        arrays = {k: jnp.asarray(v) for k, v in values.items()}
+        indices = self.value_indices(sites, arrays, args, kwargs)
         total = jnp.zeros(())
         for site in sites.latents:
-            value = values[site.name]
+            value = arrays[site.name]
             sub = indices if tuple(value.shape) != site.shape else None
             lp = dist.Delta(self._point(site, params, sub), event_dim=site.event_dim).log_prob(value)
             total = total + plate_scale(site, sub) * jnp.sum(lp)

@@ -101,7 +101,7 @@ def _combine(dynamic: list[Any], static: _Static) -> tuple[tuple[Any, ...], dict
 def _freeze_support(updates: Any) -> Any:
     """Zero the updates of support data (constant, never trained)."""
     if dataclasses.is_dataclass(updates) and hasattr(updates, "support"):
-        return dataclasses.replace(updates, support=jax.tree.map(jnp.zeros_like, updates.support))
+        return dataclasses.replace(updates, support=jax.tree.map(jnp.zeros_like, updates.support))  # type: ignore[type-var]
     return updates
 
 
@@ -319,7 +319,7 @@ def _run_chunk(state: SVIState, end: jax.Array, dynamic: list[Any], **static: An
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_args"))
 def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched_args: bool, **static: Any) -> _Chunk:
     run = functools.partial(_chunk, **static)
-    return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)
+    return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)  # type: ignore[call-arg]
 
 
 @functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "layout", "loss_fn"))
@@ -426,7 +426,7 @@ def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np
         state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
     except (TypeError, KeyError):
         raise CheckpointError(path, "it does not hold a fit state") from None
-    same = jax.tree.structure(state) == jax.tree.structure(template) and all(
+    same = jax.tree.structure(state) == jax.tree.structure(template) and all(  # type: ignore[operator]
         np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
     )
@@ -520,7 +520,7 @@ def fit(
     dynamic, static = _partition(args, kwargs)
     layout = None
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
-        layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)
+        layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
         loss_fn = layout.stratify(loss_fn)
     length = _chunk_length(num_steps, chunk_size, checkpoint_every)
     chunk_static = dict(
@@ -539,7 +539,7 @@ def fit(
     losses = np.full(num_steps, np.nan, np.float32)
     skipped = 0
     if resuming:
-        state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)
+        state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)  # type: ignore[arg-type]
         state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
         n = min(len(saved), num_steps)
         losses[:n] = saved[:n]

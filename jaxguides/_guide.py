@@ -65,19 +65,20 @@ class GuideBase:
                 "(or jg.from_numpyro_params for NumPyro params)."
             )
         name = model_name(self.model)
-        if params.sites.model != name:
+        sites: ModelSites = getattr(params, "sites")  # noqa: B009 (the type is only known as params_type)
+        if sites.model != name:
             raise ParamsMismatchError(
-                f"these params were made for model {params.sites.model!r}, but this guide "
+                f"these params were made for model {sites.model!r}, but this guide "
                 f"is for {name!r}; call guide.init(rng_key, *args) for this model."
             )
-        return params.sites
+        return sites
 
     # ---- values -------------------------------------------------------------
     def value_indices(
         self, sites: ModelSites, values: dict[str, jax.Array], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Indices:
         """Indices for ``values`` given at subsample size (``{}`` if all are full size)."""
-        need = set()
+        need: set[str] = set()
         for site in sites.latents:
             if site.name not in values:
                 raise SiteError(site.name, f"no value given for latent site '{site.name}'; pass a value for every latent site")

@@ -167,11 +167,11 @@ class AutoNormal(GuideBase):
         scores its guide inside a subsampled plate.
         """
         sites = self.check_params(params)
-        values = {k: jnp.asarray(v) for k, v in values.items()}
-        indices = self.value_indices(sites, values, args, kwargs)
+        arrays = {k: jnp.asarray(v) for k, v in values.items()}
+        indices = self.value_indices(sites, arrays, args, kwargs)
         total = jnp.zeros(())
         for site in sites.latents:
-            value = values[site.name]
+            value = arrays[site.name]
             sub = indices if tuple(value.shape) != site.shape else None
             lp = jnp.sum(self._site_dist(site, params, sub).log_prob(value))
             total = total + plate_scale(site, sub) * lp

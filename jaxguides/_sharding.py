@@ -221,7 +221,7 @@ class PlateLayout:
         pshard = self.params_shardings(params)
 
         def mirrors(x: Any) -> bool:
-            if x is None or jax.tree.structure(x) != pdef:
+            if x is None or jax.tree.structure(x) != pdef:  # type: ignore[operator]
                 return False
             return [np.shape(y) for y in jax.tree.leaves(x)] == pshapes
 
@@ -407,7 +407,8 @@ def shard_args(
         key = path[1].idx if path[0].idx == 0 else path[1].key  # position in args / name in kwargs
         where = f"{'args[%d]' % key if path[0].idx == 0 else repr(key)}{jax.tree_util.keystr(path[2:])}"
         if key in specs:
-            sharding = NamedSharding(mesh, specs[key] if specs[key] is not None else PartitionSpec())
+            spec = specs[key]
+            sharding = NamedSharding(mesh, spec if spec is not None else PartitionSpec())
         else:
             sharding = layout.arg_sharding(x, model_sites, where)
         out.append(place(x, sharding))

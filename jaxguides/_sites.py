@@ -312,7 +312,10 @@ def _describe(
         for n, s in trace.items()
         if s["type"] == "plate"
     }
-    latents, observed, factors, deterministic = [], [], [], []
+    latents: list[LatentSite] = []
+    observed: list[str] = []
+    factors: list[str] = []
+    deterministic: list[str] = []
     init_locs: dict[str, jax.Array] = {}
     support_data: dict[str, tuple[jax.Array, ...]] = {}
     for name, site in trace.items():
