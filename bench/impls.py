@@ -28,12 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy import stats
-
-import jaxguides as jg
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoNormal
 from numpyro.infer.initialization import init_to_uniform
 
+import jaxguides as jg
 from bench.models import Bench, Data, Size
 
 IMPLS = ("jg_fit", "jg_fit_bar", "jg_scan", "np_run", "np_run_bar", "np_update", "floor")
@@ -84,7 +83,9 @@ class JgFit(Impl):
         _block(self._fit(1).params)
 
     def _fit(self, steps: int) -> Any:
-        return self.fit(self.model, self.guide, self.opt, jax.random.PRNGKey(1), steps, *self.data, progress_bar=self.bar)
+        return self.fit(
+            self.model, self.guide, self.opt, jax.random.PRNGKey(1), steps, *self.data, progress_bar=self.bar
+        )
 
     def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         if self.warm != steps:

@@ -73,7 +73,8 @@ def normal_log_joint(u, data, key, size):
     scale, jac = _exp(u["scale"])
     log_p = (
         stats.norm.logpdf(u["loc"], 0.0, 10.0)
-        + stats.norm.logpdf(jnp.log(scale), 0.0, 1.0) - jnp.log(scale)
+        + stats.norm.logpdf(jnp.log(scale), 0.0, 1.0)
+        - jnp.log(scale)
         + jnp.sum(stats.norm.logpdf(y, u["loc"], scale))
     )
     return log_p, jac

@@ -67,13 +67,23 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         for rep in range(args.reps):
             order = args.impls[rep % len(args.impls) :] + args.impls[: rep % len(args.impls)]
             for impl in order:
-                spec = {"impl": impl, "bench": name, "size": size, "guide": guide, "steps": steps,
-                        "windows": args.windows}
+                spec = {
+                    "impl": impl,
+                    "bench": name,
+                    "size": size,
+                    "guide": guide,
+                    "steps": steps,
+                    "windows": args.windows,
+                }
                 t = time.perf_counter()
                 res = run_worker(spec, args.timeout)
                 status = res.get("error") or f"{np.median(res['step_s']) * 1e6:.1f} us/step"
-                print(f"  [{rep + 1}/{args.reps}] {name:11s} {size_label(size):18s} {guide:6s} {impl:10s} "
-                      f"{time.perf_counter() - t:6.1f} s  {status}", file=sys.stderr, flush=True)
+                print(
+                    f"  [{rep + 1}/{args.reps}] {name:11s} {size_label(size):18s} {guide:6s} {impl:10s} "
+                    f"{time.perf_counter() - t:6.1f} s  {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results[impl].append(res)
         for impl, runs in results.items():
             ok = [r for r in runs if "error" not in r]
@@ -119,14 +129,17 @@ def quality_flags(rows: list[dict[str, Any]]) -> None:
 def table(rows: list[dict[str, Any]]) -> str:
     quality_flags(rows)
     index = {(r["model"], r["size"], r["guide"], r["impl"]): r for r in rows}
-    head = ("| model | size | guide | implementation | first step | step | step (CPU) | peak RSS | final loss "
-            "| step / floor | step / NumPyro | CPU step / floor | first / floor | first / NumPyro |")
+    head = (
+        "| model | size | guide | implementation | first step | step | step (CPU) | peak RSS | final loss "
+        "| step / floor | step / NumPyro | CPU step / floor | first / floor | first / NumPyro |"
+    )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         key = (r["model"], r["size"], r["guide"])
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['size']} | {r['guide']} | {r['impl']} | error: {r['error']} |"
-                         + " |" * 9)
+            lines.append(
+                f"| {r['model']} | {r['size']} | {r['guide']} | {r['impl']} | error: {r['error']} |" + " |" * 9
+            )
             continue
         floor = index.get((*key, "floor"), {})
         numpyro = index.get((*key, NUMPYRO_OF.get(r["impl"], "")), {})
@@ -147,9 +160,13 @@ def headline(rows: list[dict[str, Any]]) -> str:
     """The issue's targets, checked against this table."""
     index = {(r["model"], r["size"], r["guide"], r["impl"]): r for r in rows if "error" not in r}
     cfgs = list(dict.fromkeys(k[:3] for k in index))  # in the order measured
-    out = ["| model | size | guide | jg_scan step / floor (CPU) | jg_fit step / floor (CPU) | jg_fit first / floor "
-           "| jg_fit first / np_run first | fit bar / fit | np_run_bar step / jg_fit_bar step |", "|" + "---|" * 9]
+    out = [
+        "| model | size | guide | jg_scan step / floor (CPU) | jg_fit step / floor (CPU) | jg_fit first / floor "
+        "| jg_fit first / np_run first | fit bar / fit | np_run_bar step / jg_fit_bar step |",
+        "|" + "---|" * 9,
+    ]
     for k in cfgs:
+
         def get(impl: str, field: str) -> float | None:
             return index.get((*k, impl), {}).get(field)
 
@@ -171,9 +188,11 @@ def machine() -> str:
     import jax
     import numpyro
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-            f"{' / '.join(f'{x:.1f}' for x in load)}; python {platform.python_version()}, jax {jax.__version__}, "
-            f"numpyro {numpyro.__version__}, backend {jax.default_backend()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{' / '.join(f'{x:.1f}' for x in load)}; python {platform.python_version()}, jax {jax.__version__}, "
+        f"numpyro {numpyro.__version__}, backend {jax.default_backend()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,12 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     started = datetime.datetime.now().isoformat(timespec="seconds")
     before = machine()
     rows = measure(args)
-    report = "\n\n".join([
-        f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 {command}`",
-        f"Started {started}. Machine at start: {before}. At end: {machine()}.",
-        "### Targets\n\n" + headline(rows),
-        "### All measurements\n\n" + table(rows),
-    ])
+    report = "\n\n".join(
+        [
+            f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 {command}`",
+            f"Started {started}. Machine at start: {before}. At end: {machine()}.",
+            "### Targets\n\n" + headline(rows),
+            "### All measurements\n\n" + table(rows),
+        ]
+    )
     print(report)
     if args.out:
         with open(args.out, "w") as f:

@@ -69,8 +69,15 @@ def _child(devices: int, rows: int, steps: int, backend: str) -> dict[str, float
 
         def run() -> None:
             result = jg.fit(
-                model, guide, optax.adam(1e-2), jax.random.PRNGKey(0), steps, *data[name],
-                progress_bar=False, chunk_size=steps, **kw,
+                model,
+                guide,
+                optax.adam(1e-2),
+                jax.random.PRNGKey(0),
+                steps,
+                *data[name],
+                progress_bar=False,
+                chunk_size=steps,
+                **kw,
             )
             jax.block_until_ready(result.state)
             assert np.isfinite(result.losses).all()

@@ -137,12 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             status = res[opt].get("error") or f"{np.median(res[opt]['step_s']) * 1e6:,.1f} us/step"
             print(f"  K={k:>10,} {opt:11s} {time.perf_counter() - t:6.1f} s {status}", file=sys.stderr, flush=True)
         rows.append((k, res))
-    report = "\n\n".join([
-        f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -m bench sparse {' '.join(argv or [])}`",
-        f"Batch {BATCH:,} rows; `jg.svi(...).step` in a jitted `lax.scan`; learning rate {LR}; load average "
-        f"at end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
-        table(rows, args.quality_steps),
-    ])
+    report = "\n\n".join(
+        [
+            f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -m bench sparse {' '.join(argv or [])}`",
+            f"Batch {BATCH:,} rows; `jg.svi(...).step` in a jitted `lax.scan`; learning rate {LR}; load average "
+            f"at end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+            table(rows, args.quality_steps),
+        ]
+    )
     print(report)
     if args.out:
         with open(args.out, "w") as f:

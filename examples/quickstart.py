@@ -27,7 +27,10 @@ def main() -> None:
     q = guide.quantiles(result.params, [0.05, 0.95])
     print(f"final loss {result.losses[-1]:.2f}")
     for name in ("loc", "scale"):
-        print(f"{name:>6}: median {float(median[name]):.3f}  90% interval [{float(q[name][0]):.3f}, {float(q[name][1]):.3f}]")
+        print(
+            f"{name:>6}: median {float(median[name]):.3f}  "
+            f"90% interval [{float(q[name][0]):.3f}, {float(q[name][1]):.3f}]"
+        )
     print(f"(data: mean {float(jnp.mean(y)):.3f}, sd {float(jnp.std(y)):.3f})")
 
 

@@ -10,10 +10,10 @@ from numpyro.infer.initialization import (
 )
 
 from jaxguides._arviz import to_arviz
+from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._delta import AutoDelta, AutoDeltaParams
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import PlateCursor, SubsampleState
-from jaxguides._checkpoint import load_checkpoint, save_checkpoint
 from jaxguides._errors import (
     CheckpointError,
     ModelTraceError,

@@ -53,7 +53,7 @@ def _fingerprint(obj: Any, active: set[int]) -> Any:
 
 def _filled(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        cell.cell_contents  # noqa: B018 (reading an empty cell raises)
     except ValueError:
         return False
     return True

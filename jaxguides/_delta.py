@@ -98,9 +98,7 @@ class AutoDelta(GuideBase):
         sites = self.check_params(params)
         sample_shape = tuple(sample_shape)
         out = {
-            s.name: jnp.broadcast_to(v, sample_shape + v.shape)
-            for s in sites.latents
-            for v in [self._point(s, params)]
+            s.name: jnp.broadcast_to(v, sample_shape + v.shape) for s in sites.latents for v in [self._point(s, params)]
         }
         return self.with_deterministic(sites, out, rng_key, args, kwargs, sample_shape)
 

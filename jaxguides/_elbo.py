@@ -64,7 +64,6 @@ class _ModelGuard(Messenger):
                 "new data, or put the data in a subsampled plate.",
             )
 
-
     def _check_plate(self, msg: dict[str, Any]) -> None:
         """A subsampled plate must keep its init-time size and subsample size."""
         frame = next((p for p in self.sites.plates if p.name == msg["name"]), None)

@@ -433,7 +433,9 @@ def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np
     if not same:
         raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
     if int(state.step) > num_steps:  # going on would overwrite it with a truncated loss history
-        raise CheckpointError(path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps")
+        raise CheckpointError(
+            path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps"
+        )
     state = jax.tree.map(jnp.asarray, state)
     return state, np.asarray(losses), int(skipped)
 
@@ -532,7 +534,9 @@ def fit(
     resuming = checkpoint is not None and os.path.exists(checkpoint)
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
     first = seen not in _COMPILED  # then compile the chunk ahead, beside init
-    ahead = _compile_ahead(init, chunk_static, rng_key, end, dynamic) if first and layout is None and not resuming else None
+    ahead = (
+        _compile_ahead(init, chunk_static, rng_key, end, dynamic) if first and layout is None and not resuming else None
+    )
     state = init(rng_key, dynamic)
     if ahead is not None:
         ahead.result()
@@ -628,7 +632,9 @@ def _shard_inputs(
 ) -> tuple[PlateLayout, jax.Array, list[Any]]:
     """The layout of a sharded fit, and its key and data as global arrays on ``mesh``."""
     layout = PlateLayout.build(mesh, shard_plates)
-    abstract = jax.eval_shape(functools.partial(_init, guide=guide, optimizer=optimizer, static=static), rng_key, dynamic)
+    abstract = jax.eval_shape(
+        functools.partial(_init, guide=guide, optimizer=optimizer, static=static), rng_key, dynamic
+    )
     layout.check(abstract.params.sites)
     args, kwargs = _combine(dynamic, static)
     args, kwargs = shard_args(args, mesh, dict(layout.plates), abstract.params.sites, kwargs=kwargs)
@@ -674,8 +680,15 @@ def fit_many(
     with tqdm(total=num_steps, disable=not progress_bar, desc=f"fit x{k}") as bar:
         while step < num_steps:
             out = _run_chunk_many(
-                state, end, dynamic, batched_args=batched_args, loss_fn=loss_fn, optimizer=optimizer, static=static,
-                length=length, skip=True,
+                state,
+                end,
+                dynamic,
+                batched_args=batched_args,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                static=static,
+                length=length,
+                skip=True,
             )
             done = min(length, num_steps - step)
             losses[:, step : step + done] = np.asarray(out.losses[:, :done])

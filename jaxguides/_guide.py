@@ -81,7 +81,9 @@ class GuideBase:
         need: set[str] = set()
         for site in sites.latents:
             if site.name not in values:
-                raise SiteError(site.name, f"no value given for latent site '{site.name}'; pass a value for every latent site")
+                raise SiteError(
+                    site.name, f"no value given for latent site '{site.name}'; pass a value for every latent site"
+                )
             shape = tuple(jnp.shape(values[site.name]))
             if shape == site.shape:
                 continue

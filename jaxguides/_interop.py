@@ -72,7 +72,9 @@ def from_numpyro_params(
 def _take(numpyro_params: dict[str, ArrayLike], site: str, kind: str, shape: tuple[int, ...]) -> jax.Array:
     key = f"{site}_{PREFIX}_{kind}"
     if key not in numpyro_params:
-        raise SiteError(site, f"NumPyro params have no {key!r} for latent site '{site}'; were they made for this model?")
+        raise SiteError(
+            site, f"NumPyro params have no {key!r} for latent site '{site}'; were they made for this model?"
+        )
     value = jnp.asarray(numpyro_params[key])
     if tuple(value.shape) != shape:
         raise SiteError(site, f"NumPyro param {key!r} has shape {tuple(value.shape)}, but site '{site}' needs {shape}")

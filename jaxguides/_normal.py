@@ -55,9 +55,7 @@ class AutoNormalParams:
         return {k: _SCALE(v) for k, v in self.raw_scale.items()}
 
 
-jax.tree_util.register_dataclass(
-    AutoNormalParams, data_fields=["loc", "raw_scale", "support"], meta_fields=["sites"]
-)
+jax.tree_util.register_dataclass(AutoNormalParams, data_fields=["loc", "raw_scale", "support"], meta_fields=["sites"])
 
 
 def _check_init_scale(init_scale: Any) -> float:

@@ -69,7 +69,7 @@ class Rows(NamedTuple):
     """
 
     axis: int
-    index: jax.Array
+    index: jax.Array  # type: ignore[assignment]  # shadows tuple.index, by design
 
 
 RowSpec = list  # list[Rows | None], aligned with jax.tree.leaves(params)
@@ -86,7 +86,7 @@ class SparseAdamState(NamedTuple):
             latest update (its moments are as of that step).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax names it
     mu: Any
     nu: Any
     last: Any
@@ -114,13 +114,13 @@ def row_spec(params: Any, indices: Indices) -> RowSpec:
         field = getattr(path[0], "name", None)
         site = sites.get(getattr(path[1], "key", None)) if len(path) > 1 and field != "support" else None
         frames = [f for f in site.plates if f.name in indices] if site is not None else []
-        if len(frames) > 1:
+        if site is not None and len(frames) > 1:
             raise NotImplementedError(
                 f"latent site '{site.name}' sits in {len(frames)} subsampled plates "
                 f"({[f.name for f in frames]}); sparse_adam updates rows of one plate per site. "
                 "Use optax.adam for this model."
             )
-        if frames:
+        if site is not None and frames:
             axis = jnp.ndim(leaf) + site.plate_axis(frames[0])
             spec.append(Rows(axis, indices[frames[0].name]))
         else:
@@ -178,8 +178,9 @@ def sparse_adam(
     """Adam that reads and writes only the rows a step touches (see the module docstring).
 
     Without ``rows`` it is ``optax.adam(learning_rate, b1, b2, eps)``, update for
-    update (the moments bit for bit, the updates to rounding). With ``rows`` (one entry per params leaf, see :func:`row_spec`) the
-    gradient of a row leaf is given for its rows only, and the returned update
+    update (the moments bit for bit, the updates to rounding). With ``rows`` (one
+    entry per params leaf, see :func:`row_spec`) the gradient of a row leaf is
+    given for its rows only, and the returned update
     is for those rows (apply it with :func:`apply_rows`); ``mask=False`` (a
     traced bool) leaves the state as it was and returns zero updates. The update
     of a row is dense Adam's update

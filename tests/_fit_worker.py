@@ -110,8 +110,17 @@ def main(argv: list[str]) -> None:
 
     y = jnp.asarray(np.linspace(-1.0, 3.0, N) + np.sin(np.arange(N)))
     guide = jg.AutoNormal(model)
-    result = jg.fit(model, guide, optax.adam(0.03), jax.random.PRNGKey(42), STEPS, y, progress_bar=False,
-                    checkpoint=opts.checkpoint, checkpoint_every=EVERY if opts.checkpoint else None)
+    result = jg.fit(
+        model,
+        guide,
+        optax.adam(0.03),
+        jax.random.PRNGKey(42),
+        STEPS,
+        y,
+        progress_bar=False,
+        checkpoint=opts.checkpoint,
+        checkpoint_every=EVERY if opts.checkpoint else None,
+    )
     params = result.params
     out = {"loss": result.losses}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -39,8 +39,19 @@ def main(process_id: int, port: int, out_dir: str) -> None:
 
     def run(steps, **kw):
         return jg.fit(
-            model, guide, optax.adam(1e-2), jax.random.PRNGKey(1), steps, x, y, progress_bar=False,
-            mesh=mesh, shard_plates={"data": "batch"}, chunk_size=10, checkpoint_every=20, **kw,
+            model,
+            guide,
+            optax.adam(1e-2),
+            jax.random.PRNGKey(1),
+            steps,
+            x,
+            y,
+            progress_bar=False,
+            mesh=mesh,
+            shard_plates={"data": "batch"},
+            chunk_size=10,
+            checkpoint_every=20,
+            **kw,
         )
 
     straight = run(STEPS)
@@ -61,8 +72,11 @@ def main(process_id: int, port: int, out_dir: str) -> None:
         arrays |= {f"resumed_loc_{k}": np.asarray(v) for k, v in again.loc.items()}
         arrays |= {f"resumed_scale_{k}": np.asarray(v) for k, v in again.raw_scale.items()}
         np.savez(
-            os.path.join(out_dir, "result.npz"), losses=straight.losses, resumed_losses=resumed.losses,
-            **arrays, **{k: np.asarray(v) for k, v in layout.items()},
+            os.path.join(out_dir, "result.npz"),
+            losses=straight.losses,
+            resumed_losses=resumed.losses,
+            **arrays,
+            **{k: np.asarray(v) for k, v in layout.items()},
         )
     multihost_utils.sync_global_devices("done")
     jax.distributed.shutdown()

@@ -226,7 +226,7 @@ def test_fit_equals_the_low_level_loop():
 # ---- fit --------------------------------------------------------------------------------------
 def test_fit_result_and_determinism():
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
-    run = lambda **kw: jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 300, YC, **kw)
+    run = lambda **kw: jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 300, YC, **kw)  # noqa: E731
     base = run(progress_bar=False)
     assert base.losses.shape == (300,) and np.all(np.isfinite(base.losses))
     assert int(base.state.step) == 300 and base.num_skipped == 0

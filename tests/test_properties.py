@@ -175,6 +175,7 @@ def model_specs(draw: st.DrawFn) -> tuple[tuple[tuple[Any, ...], ...], bool]:
 # ---- helpers ---------------------------------------------------------------------------
 def model_sites(model) -> dict[str, dict[str, Any]]:
     """The model's latent sites (their ``fn``) at full plate size; nothing is sampled."""
+
     def zeros(site):
         return jnp.zeros(site["fn"].shape()) if site["type"] == "sample" else None
 
@@ -233,12 +234,16 @@ def assert_same_shapes(ours: dict[str, jax.Array], theirs: dict[str, jax.Array])
 
 def perturb(params, key):
     """Move every loc / raw_scale off its init value, so no comparison passes by symmetry."""
-    loc = {n: v + 0.3 * jax.random.normal(jax.random.fold_in(key, i), v.shape, v.dtype)
-           for i, (n, v) in enumerate(sorted(params.loc.items()))}
+    loc = {
+        n: v + 0.3 * jax.random.normal(jax.random.fold_in(key, i), v.shape, v.dtype)
+        for i, (n, v) in enumerate(sorted(params.loc.items()))
+    }
     if not isinstance(params, jg.AutoNormalParams):
         return dataclasses.replace(params, loc=loc)
-    raw = {n: v + 0.3 * jax.random.normal(jax.random.fold_in(key, 1000 + i), v.shape, v.dtype)
-           for i, (n, v) in enumerate(sorted(params.raw_scale.items()))}
+    raw = {
+        n: v + 0.3 * jax.random.normal(jax.random.fold_in(key, 1000 + i), v.shape, v.dtype)
+        for i, (n, v) in enumerate(sorted(params.raw_scale.items()))
+    }
     return dataclasses.replace(params, loc=loc, raw_scale=raw)
 
 

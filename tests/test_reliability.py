@@ -40,7 +40,7 @@ import jaxguides as jg
 KEY = jax.random.PRNGKey(0)
 WORKER = Path(__file__).with_name("_fit_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-import _fit_worker  # the model the subprocesses fit
+import _fit_worker  # noqa: E402 (the model the subprocesses fit)
 
 
 def _finite(tree) -> bool:
@@ -157,6 +157,7 @@ def test_init_to_value_outside_traced_support_through_fit():
 
 def test_init_to_value_errors_through_fit():
     """With static bounds the checks work under fit's jitted init too."""
+
     def positive(y):
         s = numpyro.sample("s", dist.LogNormal(0.0, 1.0))
         w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
@@ -389,8 +390,12 @@ TIMEOUT = 300
 
 def _launch(out: Path, *flags: str, env=None, stdout=None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(out), *flags], env=env or ENV, cwd=str(WORKER.parent.parent),
-        stdout=stdout or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, str(WORKER), str(out), *flags],
+        env=env or ENV,
+        cwd=str(WORKER.parent.parent),
+        stdout=stdout or subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -429,7 +434,9 @@ def runs(tmp_path_factory):
     killed_dir.mkdir()
     ckpt = killed_dir / "run.ckpt"
     procs = {
-        "killed": _launch(d / "killed.npz", "--checkpoint", str(ckpt), env={**ENV, "JAXGUIDES_TEST_BLOCK_AT_SAVE": "3"}),
+        "killed": _launch(
+            d / "killed.npz", "--checkpoint", str(ckpt), env={**ENV, "JAXGUIDES_TEST_BLOCK_AT_SAVE": "3"}
+        ),
         "a": _launch(d / "a.npz", "--checkpoint", str(d / "a.ckpt")),
         "b": _launch(d / "b.npz", "--checkpoint", str(d / "b.ckpt")),
         "x64": _launch(d / "x64.npz", "--x64"),
@@ -522,8 +529,16 @@ def test_damaged_checkpoint_is_refused_and_left_as_it_was(runs, damage, tmp_path
     assert str(path) in str(info.value) and info.value.path == str(path)
     # and through fit, the way a re-run meets it
     with pytest.raises(jg.CheckpointError, match="checksum|truncated"):
-        jg.fit(_fit_worker.model, jg.AutoNormal(_fit_worker.model), optax.adam(0.03), jax.random.PRNGKey(42),
-               _fit_worker.STEPS, jnp.zeros(_fit_worker.N), progress_bar=False, checkpoint=path)
+        jg.fit(
+            _fit_worker.model,
+            jg.AutoNormal(_fit_worker.model),
+            optax.adam(0.03),
+            jax.random.PRNGKey(42),
+            _fit_worker.STEPS,
+            jnp.zeros(_fit_worker.N),
+            progress_bar=False,
+            checkpoint=path,
+        )
     assert path.read_bytes() == bytes(raw)
 
 

@@ -89,9 +89,7 @@ def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path):
 
     x, y = data()
     guide = jg.AutoNormal(model)
-    one = jg.fit(
-        model, guide, optax.adam(1e-2), jax.random.PRNGKey(1), STEPS, x, y, progress_bar=False, chunk_size=10
-    )
+    one = jg.fit(model, guide, optax.adam(1e-2), jax.random.PRNGKey(1), STEPS, x, y, progress_bar=False, chunk_size=10)
     for name in ("mu", "z"):
         np.testing.assert_allclose(got[f"loc_{name}"], one.params.loc[name], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[f"scale_{name}"], one.params.raw_scale[name], rtol=1e-5, atol=1e-6)
@@ -179,5 +177,13 @@ def test_shard_plates_without_a_mesh_is_refused():
     from multihost_model import data, model
 
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
-        jg.fit(model, jg.AutoNormal(model), optax.adam(1e-2), jax.random.PRNGKey(0), 1, *data(),
-               progress_bar=False, shard_plates=PLATES)
+        jg.fit(
+            model,
+            jg.AutoNormal(model),
+            optax.adam(1e-2),
+            jax.random.PRNGKey(0),
+            1,
+            *data(),
+            progress_bar=False,
+            shard_plates=PLATES,
+        )

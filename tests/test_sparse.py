@@ -18,7 +18,10 @@ K, B = 8, 3
 def _schedule(steps, seed=0):
     """Per step: a gradient for every element, and B distinct rows of ``z``."""
     r = np.random.RandomState(seed)
-    return [(r.randn(K).astype(np.float32), r.randn(2).astype(np.float32), r.choice(K, B, replace=False)) for _ in range(steps)]
+    return [
+        (r.randn(K).astype(np.float32), r.randn(2).astype(np.float32), r.choice(K, B, replace=False))
+        for _ in range(steps)
+    ]
 
 
 def _steppers(opt_sparse, opt_dense):
@@ -70,7 +73,7 @@ def test_without_rows_it_is_optax_adam():
 def test_step_count_correction_without_momentum_equals_dense_adam():
     """b1 = 0: no momentum tail, so a row's update depends only on v decayed over the steps
     it sat out (b2 ** gap) and the global-step bias correction -- exactly dense Adam."""
-    for sp, sp_new, _, dp, _, _ in _run(jg.sparse_adam(0.1, b1=0.0), optax.adam(0.1, b1=0.0), 40):
+    for _sp, sp_new, _, dp, _, _ in _run(jg.sparse_adam(0.1, b1=0.0), optax.adam(0.1, b1=0.0), 40):
         for a, b in zip(jax.tree.leaves(sp_new), jax.tree.leaves(dp)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 

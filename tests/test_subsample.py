@@ -10,7 +10,7 @@ import pytest
 from numpyro import handlers
 
 import jaxguides as jg
-from jaxguides._epoch import advance, batch_indices, feistel_permutation, init_subsample
+from jaxguides._epoch import advance, feistel_permutation, init_subsample, next_batch
 from jaxguides._sites import PlateFrame
 
 N, B = 12, 4
@@ -55,7 +55,11 @@ def test_feistel_permutations_differ_by_key_and_look_shuffled():
 def _visits(size, batch, steps):
     plates = (PlateFrame("data", size, batch, -1),)
     state = init_subsample(plates, jax.random.PRNGKey(0))
-    step = jax.jit(lambda s: (advance(s, plates), batch_indices(s, plates)["data"]))
+    def step(state):
+        state, rows = next_batch(state, plates)
+        return advance(state, plates), rows["data"]
+
+    step = jax.jit(step)
     out = []
     for _ in range(steps):
         state, rows = step(state)
@@ -69,7 +73,8 @@ def test_every_row_once_per_epoch():
     for epoch in epochs:
         np.testing.assert_array_equal(np.sort(epoch), np.arange(N))
     assert len({e.tobytes() for e in epochs}) == 5  # a new order each epoch
-    assert int(state.plates["data"].epoch) == 5 and int(state.plates["data"].offset) == 0
+    # the last batch is used up; the next step starts epoch 5
+    assert int(state.plates["data"].epoch) == 4 and int(state.plates["data"].offset) == N
 
 
 def test_batch_not_dividing_size_skips_the_remainder_rows():
