@@ -2,12 +2,14 @@
 
 NumPyro draws a plate's subsample afresh on every step with
 ``random.choice(..., replace=False)``, a sort of all N rows: O(N log N) per
-step (about 60 ms for N = 100,000 on a CPU core, where the rest of a
-logistic-regression step with a batch of 1,000 takes about 30 µs). Here each
-plate instead carries a :class:`PlateCursor` in the SVI state: a permutation
-of its N rows, drawn once per epoch, and an offset into it. A step takes the
-next ``subsample_size`` rows of the permutation (O(batch)); when fewer than a
-batch remain, the next epoch's permutation is drawn. So
+step (tens of milliseconds for N = 100,000 on a CPU core, where the rest of a
+logistic-regression step with a batch of 1,000 takes well under one). Here
+each plate instead carries a :class:`PlateCursor` in the SVI state: a
+permutation of its N rows, drawn once per epoch, and an offset into it. A
+step takes the next ``subsample_size`` rows of the permutation (O(batch));
+when fewer than a batch remain, the next epoch's permutation is drawn first
+(O(N), once per epoch). A step whose loss or gradient is not finite does not
+use up its rows. So
 
 * every batch is ``subsample_size`` distinct rows, a (pseudo-)uniformly
   random subset, the same law per step as NumPyro's, so the estimator's
@@ -57,7 +59,7 @@ class PlateCursor(NamedTuple):
             ``feistel_permutation(fold_in(key, e), size)``.
         perm: ``int32[size]``, this epoch's order of the plate's rows.
         offset: ``int32[]``, rows of ``perm`` already used this epoch.
-        epoch: ``int32[]``, epochs finished so far.
+        epoch: ``int32[]``, the epoch ``perm`` belongs to (0 for the first).
     """
 
     key: jax.Array

@@ -6,10 +6,18 @@
 A step whose loss or gradient is not finite leaves params and optimizer
 state untouched (only the key and the step count move on).
 
-``fit`` runs steps in compiled ``lax.scan`` chunks, shows a tqdm bar with the
-running loss between chunks, stops on a non-finite step with the last finite
-state (or skips such steps), and writes atomic checkpoints it resumes from
-bit for bit. ``fit_many`` fits K seeds (or K datasets) at once with ``vmap``.
+``fit`` runs steps in compiled chunks (a ``lax.while_loop`` of up to
+``chunk_size`` steps), shows a tqdm bar with the running loss between chunks,
+stops on a non-finite step with the last finite state (or skips such steps),
+and writes atomic checkpoints it resumes from bit for bit. ``fit_many`` fits K
+seeds (or K datasets) at once with ``vmap``.
+
+Subsampled plates: ``init`` gives every subsampled plate that the fit draws
+itself an epoch cursor (``SVIState.subsample``, see ``_epoch.py``), so a step
+takes its rows from a permutation drawn once per epoch, in O(batch), instead
+of NumPyro's O(N) draw per step. With ``optimizer=jg.sparse_adam(...)`` a step
+differentiates the loss with respect to the batch's rows of the local latents
+only and updates just those rows (``_sparse.py``): O(batch), not O(N).
 """
 
 from __future__ import annotations
