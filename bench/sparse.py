@@ -136,8 +136,14 @@ def main(argv: list[str] | None = None) -> None:
         for opt, seed in runs:
             time_steps = 2000 if opt == "sparse_adam" else int(np.clip(2 * 10**7 // k, 5, 2000))
             windows = args.windows if seed == 0 else 1
-            spec = {"K": k, "opt": opt, "seed": seed, "time_steps": time_steps if seed == 0 else 5,
-                    "windows": windows, "quality_steps": quality}
+            spec = {
+                "K": k,
+                "opt": opt,
+                "seed": seed,
+                "time_steps": time_steps if seed == 0 else 5,
+                "windows": windows,
+                "quality_steps": quality,
+            }
             t = time.perf_counter()
             name = opt if seed == 0 else f"{opt}@seed{seed}"
             res[name] = run(spec, timeout=3600)
