@@ -170,7 +170,8 @@ class NpRun(Impl):
                 self.warm = min(int(self.warm * 1.2 + MIN_DIFFERENCE_S / per_step), 200_000)
         t_short, _ = self._run(short)
         t_long, result = self._run(self.warm)
-        return np.maximum(t_long - t_short, 0.0) / (self.warm - short), np.asarray(result.losses)
+        # the losses of `steps` steps (a prefix of the long run), comparable with the others'
+        return np.maximum(t_long - t_short, 0.0) / (self.warm - short), np.asarray(result.losses)[:steps]
 
 
 class NpUpdate(Impl):
