@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -400,18 +401,47 @@ class FitResult:
         return FitResult(pick(self.params), losses[i], pick(self.state), np.asarray(self.num_skipped)[i])
 
 
-def _chunk_length(num_steps: int, chunk_size: int | None, checkpoint_every: int | None) -> int:
-    """Steps per compiled chunk. By default about 2% of the run, rounded up to a
-    power of two in [64, 1024]: fits of different lengths share a compilation
-    (a chunk's steps past ``num_steps`` idle), and a short fit is one chunk."""
+_MAX_CHUNK = 4096  # steps one default chunk can hold (its loss buffer): one compilation for every fit length
+_FIRST_CHUNK = 64  # steps of the first default chunk, so the bar moves soon
+_CHUNK_SECONDS = 0.25  # default chunks grow (or shrink) to about this long
+
+
+def _chunk_length(num_steps: int, chunk_size: int | None) -> int:
+    """Steps a compiled chunk can hold (static: it keys the compilation)."""
     if chunk_size is None:
-        target = max(num_steps // 50, 1)
-        chunk_size = min(max(64, 1 << (target - 1).bit_length()), 1024)
-    else:
-        chunk_size = min(chunk_size, max(num_steps, 1))
-    if checkpoint_every:
-        chunk_size = max(d for d in range(1, min(chunk_size, checkpoint_every) + 1) if checkpoint_every % d == 0)
-    return max(1, chunk_size)
+        return _MAX_CHUNK
+    return max(1, min(chunk_size, max(num_steps, 1)))
+
+
+def _default_chunk(num_steps: int) -> int:
+    """About 2% of the run, a power of two in [64, 1024]."""
+    return min(max(64, 1 << (max(num_steps // 50, 1) - 1).bit_length()), 1024)
+
+
+class _Pacer:
+    """Steps for the next chunk. With ``chunk_size`` given, always that many.
+    By default chunks start at 64 steps and then aim at ``_CHUNK_SECONDS`` of
+    compute each (at most 4x the last, at most ``_MAX_CHUNK``), so a step of a
+    few microseconds is not dominated by the chunk's host round trip and the bar
+    still moves a few times a second. The count is a runtime argument of the
+    compiled chunk, not part of its compilation; results do not depend on it.
+    Across processes (``jax.distributed``) every process must pass the same
+    count, so there chunks keep a fixed length of about 2% of the run."""
+
+    def __init__(self, num_steps: int, chunk_size: int | None, length: int):
+        self.length = length
+        self.fixed = chunk_size is not None or jax.process_count() > 1
+        if chunk_size is None and self.fixed:
+            self.steps = _default_chunk(num_steps)
+        else:
+            self.steps = length if chunk_size is not None else _FIRST_CHUNK
+        self.steps = min(self.steps, length)
+
+    def update(self, done: int, seconds: float) -> None:
+        if self.fixed or done < 1:
+            return
+        want = int(_CHUNK_SECONDS * done / max(seconds, 1e-6))
+        self.steps = max(1, min(want, 4 * self.steps, self.length))
 
 
 def _check_args(num_steps: Any, on_nonfinite: str, checkpoint_every: Any, chunk_size: Any) -> None:
@@ -467,9 +497,10 @@ def fit(
 ) -> FitResult:
     """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
 
-    Steps run in compiled ``lax.scan`` chunks of ``chunk_size`` steps (default
-    about 2% of the run, a power of two from 64 to 1,024); the progress bar shows the mean loss
-    of the last chunk. Compilation is cached per (model, guide, loss,
+    Steps run in compiled chunks (a ``lax.while_loop``) of ``chunk_size``
+    steps; by default the first chunk has 64 steps and later ones about 0.25 s
+    of work each (at most 4,096 steps), one compilation for any run length.
+    The progress bar shows the mean loss of the last chunk. Compilation is cached per (model, guide, loss,
     optimizer, argument shapes); an optimizer built anew with the same
     settings (``optax.adam(1e-2)`` written inline) counts as the same one.
 
@@ -489,7 +520,7 @@ def fit(
             gradient with :class:`NonFiniteLossError` holding the last finite
             params and state; ``"skip"`` leaves params unchanged on such steps,
             goes on, and counts them in ``num_skipped``.
-        chunk_size: steps per compiled chunk.
+        chunk_size: steps per compiled chunk (default: sized by time, above).
         mesh: a ``jax.sharding.Mesh`` to run on, data parallel (default: the
             default device). See ``jaxguides/_sharding.py``.
         shard_plates: ``{plate name: mesh axis}``. The plate's data (array
@@ -532,7 +563,7 @@ def fit(
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
         loss_fn = layout.stratify(loss_fn)
-    length = _chunk_length(num_steps, chunk_size, checkpoint_every)
+    length = _chunk_length(num_steps, chunk_size)
     chunk_static = dict(
         loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip", layout=layout
     )
@@ -560,14 +591,23 @@ def fit(
         _COMPILED.add(seen)
     step = int(state.step)
     last_saved = step
+    pacer = _Pacer(num_steps, chunk_size, length)
     with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
         while step < num_steps:
+            stop = min(step + pacer.steps, num_steps)
+            if checkpoint is not None and checkpoint_every:
+                stop = min(stop, last_saved + checkpoint_every)
+            end = jnp.asarray(stop, jnp.int32)
+            end = end if layout is None else place(end, layout.replicated)
+            started = time.perf_counter()
             out = run(state, end, dynamic)
-            bad = int(out.bad_step)
-            done = (bad if bad >= 0 else min(step + length, num_steps)) - step
-            losses[step : step + done] = np.asarray(out.losses)[:done]
+            bad_step, chunk_skipped, chunk_losses = jax.device_get((out.bad_step, out.skipped, out.losses))  # one sync
+            bad = int(bad_step)
+            done = (bad if bad >= 0 else stop) - step
+            pacer.update(done, time.perf_counter() - started)
+            losses[step : step + done] = chunk_losses[:done]
             state, step = out.state, step + done
-            skipped += int(out.skipped)
+            skipped += int(chunk_skipped)
             if bad >= 0:
                 if checkpoint is not None:
                     _save(checkpoint, state, losses[:step], skipped)
@@ -578,7 +618,7 @@ def fit(
             if done:  # no refresh of its own: update() redraws at most every 0.1 s
                 bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}", refresh=False)
             bar.update(done)
-    if checkpoint is not None:
+    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
         _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
     return FitResult(state.params, losses, state, skipped)
 
@@ -682,7 +722,7 @@ def fit_many(
     k = len(rng_keys)
     losses = np.full((k, num_steps), np.nan, np.float32)
     skipped = np.zeros(k, np.int64)
-    length = _chunk_length(num_steps, chunk_size, None)
+    length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
     end = jnp.asarray(num_steps, jnp.int32)
     step = 0
     with tqdm(total=num_steps, disable=not progress_bar, desc=f"fit x{k}") as bar:

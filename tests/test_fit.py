@@ -245,6 +245,46 @@ def test_fit_result_and_determinism():
     assert not np.array_equal(different.losses, base.losses)
 
 
+def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
+    """By default the first chunk has 64 steps and later ones grow (at most 4x each,
+    at most 4,096) towards ~0.25 s of work: a fast step is not dominated by the
+    chunk's host round trip. Any run length uses the same compilation."""
+    from jaxguides import _fit
+
+    real, sizes = _fit._run_chunk, []
+
+    def spy(state, end, dynamic, **static):
+        sizes.append(int(end) - int(state.step))
+        return real(state, end, dynamic, **static)
+
+    monkeypatch.setattr(_fit, "_run_chunk", spy)
+    guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
+    jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 20_000, YC, progress_bar=False)
+    assert sizes[0] == 64 and sum(sizes) == 20_000
+    assert max(sizes) <= 4096 and all(b <= 4 * a for a, b in zip(sizes, sizes[1:]))
+    assert max(sizes) > 64  # a step of microseconds: chunks grew
+    before = real._cache_size()
+    jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 777, YC, progress_bar=False)
+    assert real._cache_size() == before
+
+
+def test_final_checkpoint_written_once(tmp_path, monkeypatch):
+    from jaxguides import _fit
+
+    real, saved_at = _fit._save, []
+
+    def spy(path, state, losses, skipped):
+        saved_at.append(int(state.step))
+        return real(path, state, losses, skipped)
+
+    monkeypatch.setattr(_fit, "_save", spy)
+    guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
+    path = tmp_path / "run.ckpt"
+    jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 100, YC, progress_bar=False,
+           checkpoint=path, checkpoint_every=25)  # fmt: skip
+    assert saved_at == [25, 50, 75, 100]
+
+
 def test_fit_zero_steps_returns_the_init():
     guide = jg.AutoNormal(conjugate)
     result = jg.fit(conjugate, guide, optax.adam(0.05), jax.random.PRNGKey(4), 0, YC, progress_bar=False)
