@@ -178,11 +178,13 @@ def model_name(model: Callable[..., Any]) -> str:
 
 
 class _SiteGuard(Messenger):
-    """Checks each latent site before the init strategy sees it.
+    """Checks each latent site before the init strategy sees it, and its init
+    value as soon as the strategy has given it.
 
     Records the last site reached (for errors raised by the model itself) and
-    turns discrete or bijection-less supports into a ``SiteError`` naming the
-    site and the fix.
+    turns discrete or bijection-less supports, and init values of the wrong
+    shape or outside the support, into a ``SiteError`` naming the site and the
+    fix -- before a later site that uses the value can fail on it.
     """
 
     def __init__(self, fn: Callable[..., Any]):
@@ -195,6 +197,10 @@ class _SiteGuard(Messenger):
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         check_continuous(msg["name"], msg["fn"])
+
+    def postprocess_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            _check_init_value(msg["name"], msg["fn"], msg["value"])
 
 
 def check_continuous(name: str, fn: Any) -> None:
@@ -234,6 +240,8 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _check_init_value(name: str, fn: Any, value: Any) -> None:
+    """Raise ``SiteError`` if an init value has the wrong shape, lies outside
+    the support of ``fn`` or on its edge (checked where the value is concrete)."""
     expected = tuple(fn.shape())
     if tuple(jnp.shape(value)) != expected:
         raise SiteError(
@@ -248,6 +256,14 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
             f"init value of site '{name}' lies outside its support {fn.support}; "
             "give init_to_value a value inside the support, or use another init "
             "strategy (e.g. init_to_feasible).",
+        )
+    unconstrained = biject_to(fn.support).inv(value)
+    if _is_concrete(unconstrained) and not bool(np.all(np.isfinite(np.asarray(unconstrained)))):
+        raise SiteError(
+            name,
+            f"init value of site '{name}' is on the edge of its support {fn.support} (its "
+            "unconstrained value is not finite); give init_to_value a value strictly inside "
+            "the support, or use another init strategy (e.g. init_to_feasible).",
         )
 
 
@@ -327,17 +343,8 @@ def _describe(
         if site["is_observed"]:
             (factors if type(site["fn"]).__name__ == "Unit" else observed).append(name)
             continue
-        fn, value = site["fn"], site["value"]
-        _check_init_value(name, fn, value)
-        transform = biject_to(fn.support)
-        unconstrained = transform.inv(value)
-        if _is_concrete(unconstrained) and not bool(np.all(np.isfinite(np.asarray(unconstrained)))):
-            raise SiteError(
-                name,
-                f"init value of site '{name}' is on the edge of its support {fn.support} (its "
-                "unconstrained value is not finite); give init_to_value a value strictly inside "
-                "the support, or use another init strategy (e.g. init_to_feasible).",
-            )
+        fn, value = site["fn"], site["value"]  # checked by _SiteGuard when the site was reached
+        unconstrained = biject_to(fn.support).inv(value)
         event_dim = fn.event_dim
         u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
         frames = list(site["cond_indep_stack"])

@@ -193,19 +193,13 @@ def scale_then_use(y):
     numpyro.sample("y", dist.Normal(w, s), obs=y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an init_to_value value outside its support is checked only after the whole "
-    "model has run; when a later site uses it (NumPyro validates concrete distribution args), "
-    "the model raises first and the user gets ModelTraceError 'at or just after site 'w'': "
-    "'Normal distribution got invalid scale parameter', which names neither 's' nor "
-    "init_to_value. Reproducer: jg.AutoNormal(scale_then_use, init_loc_fn="
-    "jg.init_to_value(values={'s': -1.0})).init(key, 1.0).",
-)
 def test_init_to_value_outside_support_used_by_a_later_site():
+    """The value is checked when its site is reached, before 'y' (whose Normal would
+    refuse the negative scale) can fail on it and be blamed."""
     guide = jg.AutoNormal(scale_then_use, init_loc_fn=jg.init_to_value(values={"s": -1.0}))
-    with pytest.raises(jg.SiteError, match="'s'.*support"):
+    with pytest.raises(jg.SiteError, match="'s'.*support") as info:
         guide.init(KEY, 1.0)
+    assert info.value.site == "s"
 
 
 def test_model_errors_through_fit():
