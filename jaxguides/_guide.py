@@ -21,7 +21,7 @@ from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
-from jaxguides._sites import LatentSite, ModelSites, model_name
+from jaxguides._sites import LatentSite, ModelSites, check_init_values, model_name
 from jaxguides._subsample import Indices, user_plate_indices
 
 __all__ = ["Draw", "GuideBase"]
@@ -72,6 +72,20 @@ class GuideBase:
                 f"is for {name!r}; call guide.init(rng_key, *args) for this model."
             )
         return sites
+
+    # ---- init -----------------------------------------------------------------
+    def check_init(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> None:
+        """Check ``init_to_value`` values against the supports these concrete args give.
+
+        ``init`` checks them itself, except under ``jax.jit`` for a support whose
+        bounds are model args (traced there). Called first, outside jit, this
+        raises the ``SiteError`` before anything is compiled. It runs the model
+        once, and only when ``init_loc_fn`` is ``init_to_value``.
+
+        Raises:
+            SiteError: an init value outside its site's support, naming the site.
+        """
+        check_init_values(self.model, rng_key, args, kwargs, self.init_loc_fn)
 
     # ---- values -------------------------------------------------------------
     def value_indices(

@@ -17,6 +17,7 @@ It works under ``jax.jit`` / ``jax.vmap`` (only shapes are read statically).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, Transform, biject_to
 from numpyro.distributions.util import periodic_repeat
+from numpyro.infer.initialization import init_to_value
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ModelTraceError, SiteError
@@ -37,6 +39,7 @@ __all__ = [
     "LatentSite",
     "ModelSites",
     "PlateFrame",
+    "check_init_values",
     "model_name",
     "trace_model",
 ]
@@ -249,15 +252,19 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
             f"init value of site '{name}' has shape {tuple(jnp.shape(value))} but "
             f"the site has shape {expected}; give init_to_value a value of that shape.",
         )
-    inside = fn.support(value) if _is_concrete(value) else None  # traced under jit: checked only if concrete
-    if inside is not None and _is_concrete(inside) and not bool(np.all(np.asarray(inside))):
+    # Eager where the value and the bounds are concrete, even while jit traces init. A value
+    # as a jax array meets bounds traced under jit (array model args) without a numpy function;
+    # the answer is then traced too, and left to check_init_values, run outside jit.
+    with jax.ensure_compile_time_eval():
+        inside = fn.support(jnp.asarray(value))
+        unconstrained = biject_to(fn.support).inv(value)
+    if _is_concrete(inside) and not bool(np.all(np.asarray(inside))):
         raise SiteError(
             name,
             f"init value of site '{name}' lies outside its support {fn.support}; "
             "give init_to_value a value inside the support, or use another init "
             "strategy (e.g. init_to_feasible).",
         )
-    unconstrained = biject_to(fn.support).inv(value)
     if _is_concrete(unconstrained) and not bool(np.all(np.isfinite(np.asarray(unconstrained)))):
         raise SiteError(
             name,
@@ -286,11 +293,45 @@ def trace_model(
         SiteError: a discrete or bijection-less latent, or a bad init value.
         ModelTraceError: the model itself raised; names the last site reached.
     """
+    return _describe(model, _run_checked(model, rng_key, args, kwargs, init_loc_fn))
+
+
+def check_init_values(
+    model: Callable[..., Any],
+    rng_key: jax.Array,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    init_loc_fn: Callable[..., Any],
+) -> None:
+    """Check ``init_to_value`` values against supports computed from concrete args.
+
+    Under ``jax.jit`` (``fit`` jits ``init``) a support whose bounds are model
+    args is traced, so ``trace_model`` cannot tell whether a given value lies
+    inside it. Run eagerly, before compiling, this can: it runs the model once
+    with the same checks. Other init strategies draw inside the support, so for
+    them it returns at once without running the model.
+
+    Raises:
+        SiteError, ModelTraceError: as ``trace_model``.
+    """
+    if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value:
+        if init_loc_fn.keywords.get("values"):
+            _run_checked(model, rng_key, args, kwargs, init_loc_fn)
+
+
+def _run_checked(
+    model: Callable[..., Any],
+    rng_key: jax.Array,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    init_loc_fn: Callable[..., Any],
+) -> dict[str, dict[str, Any]]:
+    """The model's trace under ``init_loc_fn``, each latent site checked as it is reached."""
     _check_signature(model, args, kwargs)
     guard = _SiteGuard(handlers.seed(model, rng_key))
     tracer = handlers.trace(handlers.substitute(guard, substitute_fn=init_loc_fn))
     try:
-        trace = tracer.get_trace(*args, **kwargs)
+        return tracer.get_trace(*args, **kwargs)
     except (SiteError, ModelTraceError):
         raise
     except Exception as err:  # the model's own error: say where it happened
@@ -301,7 +342,6 @@ def trace_model(
             f"({where}): {err}. Check that the model runs with these args, e.g. "
             "numpyro.handlers.seed(model, 0)(*args, **kwargs).",
         ) from err
-    return _describe(model, trace)
 
 
 def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
