@@ -388,6 +388,7 @@ def _describe(
         event_dim = fn.event_dim
         u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
         frames = list(site["cond_indep_stack"])
+        _check_bounds_in_subsampled_plates(name, fn, frames, full_sizes)
         for frame in frames:
             if full_sizes[frame.name] != frame.size:
                 unconstrained = periodic_repeat(unconstrained, full_sizes[frame.name], frame.dim - u_event_dim)
@@ -420,6 +421,32 @@ def _describe(
         plates=tuple(plates.values()),
     )
     return sites, init_locs, support_data
+
+
+def _check_bounds_in_subsampled_plates(name: str, fn: Any, frames: list[Any], full: dict[str, int]) -> None:
+    """Refuse array support bounds that run along a subsampled plate.
+
+    ``init`` sees one subsample's rows of them, and params hold every row (as
+    in NumPyro, which fails on them later); bounds of size 1 along the plate
+    are the same for every row and fine.
+    """
+    for frame in frames:
+        if full[frame.name] == frame.size:
+            continue
+        axis = frame.dim - fn.event_dim
+        for bound in jax.tree_util.tree_leaves(fn.support):
+            shape = tuple(jnp.shape(bound))
+            if -len(shape) <= axis and shape[axis] != 1:
+                raise SiteError(
+                    name,
+                    f"latent site '{name}' is in the subsampled plate '{frame.name}' (size "
+                    f"{full[frame.name]}, subsample {frame.size}) and its support {fn.support} has "
+                    f"bounds of shape {shape} along that plate, which a guide cannot keep for every "
+                    "row from one subsample. Use bounds that are the same for every row (scalars, "
+                    "or size 1 along the plate), or sample an unbounded or standard site and map "
+                    "it into its bounds in the model (e.g. low + (high - low) * a Uniform(0, 1) "
+                    "site), or do not subsample this plate.",
+                )
 
 
 def is_identity(transform: Transform) -> bool:

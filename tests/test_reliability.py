@@ -118,23 +118,30 @@ def bounded_in_subsampled_plate():
         numpyro.sample("u", dist.Uniform(low[idx], low[idx] + 1.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (shared with NumPyro's AutoNormal): a support with array bounds that vary "
-    "along a subsampled plate is recorded at subsample size by init, so median/sample crash "
-    "deep inside JAX ('mul got incompatible shapes for broadcasting: (3,), (6,)') instead of "
-    "a SiteError naming the site at init. Reproducer: jg.AutoNormal(bounded_in_subsampled_plate)"
-    ".init(key) then guide.median(params).",
-)
-def test_array_support_in_subsampled_plate():
-    guide = jg.AutoNormal(bounded_in_subsampled_plate)
-    try:
-        params = guide.init(KEY)
-    except jg.SiteError as err:  # refusing at init, naming the site, is the right answer
-        assert err.site == "u"
-        return
-    median = guide.median(params)  # or a median at full size inside the support
-    assert median["u"].shape == (6,)
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+@pytest.mark.allow_rank_promotion  # init_to_median: NumPyro's Uniform.sample((15,)) on a vector site
+def test_array_support_in_subsampled_plate(guide_cls):
+    """Init sees one subsample's bounds: refused at init, naming the site and plate
+    (NumPyro's AutoNormal fails later, deep in JAX). Also under jit."""
+    guide = guide_cls(bounded_in_subsampled_plate)
+    for init in (guide.init, jax.jit(guide.init)):
+        with pytest.raises(jg.SiteError, match="'u'.*'data'") as info:
+            init(KEY)
+        assert info.value.site == "u"
+
+
+def bounds_constant_along_subsampled_plate():
+    with numpyro.plate("data", 6, subsample_size=3):
+        numpyro.sample("u", dist.Uniform(jnp.zeros((1,)), 1.0))
+    with numpyro.plate("rows", 4, dim=-2), numpyro.plate("cols", 6, subsample_size=3):
+        numpyro.sample("v", dist.Uniform(jnp.arange(4.0)[:, None], 5.0))  # varies along 'rows' only
+
+
+def test_array_support_constant_along_subsampled_plate_is_kept():
+    guide = jg.AutoNormal(bounds_constant_along_subsampled_plate)
+    median = guide.median(guide.init(KEY))
+    assert median["u"].shape == (6,) and median["v"].shape == (4, 6)
+    assert bool(jnp.all((median["v"] > jnp.arange(4.0)[:, None]) & (median["v"] < 5.0)))
 
 
 def bounded(low):
