@@ -21,7 +21,8 @@ from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
-from jaxguides._sites import LatentSite, ModelSites, check_init_values, model_name
+from jaxguides._identity import config_difference, model_config, model_name
+from jaxguides._sites import LatentSite, ModelSites, check_init_values
 from jaxguides._subsample import Indices, user_plate_indices
 
 __all__ = ["Draw", "GuideBase"]
@@ -57,7 +58,11 @@ class GuideBase:
 
     # ---- params checks -------------------------------------------------------
     def check_params(self, params: Any) -> ModelSites:
-        """Refuse params of another guide type or another model; return their sites."""
+        """Refuse params of another guide type or another model; return their sites.
+
+        Compares static data only (the params' treedef with the guide's model),
+        so it runs as jit traces and costs nothing in compiled code.
+        """
         if not isinstance(params, self.params_type):
             raise ParamsMismatchError(
                 f"{type(self).__name__} got params of type {type(params).__name__}; "
@@ -70,6 +75,15 @@ class GuideBase:
             raise ParamsMismatchError(
                 f"these params were made for model {sites.model!r}, but this guide "
                 f"is for {name!r}; call guide.init(rng_key, *args) for this model."
+            )
+        config = model_config(self.model)
+        if sites.config != config:
+            raise ParamsMismatchError(
+                f"these params were made for another model named {name!r} ("
+                f"{config_difference(sites.config, config)}): two closures of one factory, or two "
+                "functools.partial of one function, are different models to a guide. Call "
+                "guide.init(rng_key, *args) for this guide's model; a value that only shapes the "
+                "data (say a data size) can be a model argument instead, which params do not pin."
             )
         return sites
 

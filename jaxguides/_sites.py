@@ -34,6 +34,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ModelTraceError, SiteError
+from jaxguides._identity import Config, model_config, model_name
 
 __all__ = [
     "LatentSite",
@@ -147,6 +148,10 @@ class ModelSites:
         factors: names of ``numpyro.factor`` sites.
         deterministic: names of ``numpyro.deterministic`` sites.
         plates: every plate the model entered.
+        config: the Python values the model callable carries (closure cells,
+            partial arguments; see ``jaxguides/_identity.py``), which tell apart
+            models of one name. Last, with a default, so that params pickled
+            before it existed load (as a plain function's ``()``).
     """
 
     model: str
@@ -155,6 +160,7 @@ class ModelSites:
     factors: tuple[str, ...]
     deterministic: tuple[str, ...]
     plates: tuple[PlateFrame, ...]
+    config: Config = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -169,15 +175,6 @@ class ModelSites:
             if site.name == name:
                 return site
         raise KeyError(name)
-
-
-def model_name(model: Callable[..., Any]) -> str:
-    """A stable name for a model callable (module + qualified name)."""
-    target = model
-    while hasattr(target, "func"):  # functools.partial
-        target = target.func
-    qualname = getattr(target, "__qualname__", type(target).__qualname__)
-    return f"{getattr(target, '__module__', '?')}.{qualname}"
 
 
 class _SiteGuard(Messenger):
@@ -419,6 +416,7 @@ def _describe(
         factors=tuple(factors),
         deterministic=tuple(deterministic),
         plates=tuple(plates.values()),
+        config=model_config(model),
     )
     return sites, init_locs, support_data
 
