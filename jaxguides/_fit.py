@@ -444,6 +444,14 @@ class _Pacer:
         self.steps = max(1, min(want, 4 * self.steps, self.length))
 
 
+def _check_init(guide: Any, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """``init_to_value`` values against the supports the concrete args give, before
+    compiling (under ``jit`` bounds that are model args are traced and unchecked).
+    Runs the model once, eagerly, and only for ``init_to_value``."""
+    if hasattr(guide, "check_init"):
+        guide.check_init(rng_key, *args, **kwargs)
+
+
 def _check_args(num_steps: Any, on_nonfinite: str, checkpoint_every: Any, chunk_size: Any) -> None:
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
@@ -556,6 +564,7 @@ def fit(
         (500,)
     """
     _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
+    _check_init(guide, rng_key, args, kwargs)
     optimizer = canonical(optimizer)  # an equal optimizer built anew reuses the compilation
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)
@@ -715,6 +724,11 @@ def fit_many(
         ``losses`` of shape ``[K, num_steps]``.
     """
     _check_args(num_steps, "skip", None, chunk_size)
+    if batched_args:  # one dataset is enough to check init values against their supports
+        first = jax.tree.map(lambda x: x[0] if _is_array(x) else x, (args, kwargs))
+        _check_init(guide, rng_keys[0], *first)
+    else:
+        _check_init(guide, rng_keys[0], args, kwargs)
     optimizer = canonical(optimizer)
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs)

@@ -162,17 +162,19 @@ def test_init_to_value_outside_traced_support_is_checked_outside_jit():
     np.testing.assert_allclose(inside.median(jax.jit(inside.init)(KEY, jnp.array(0.0)))["u"], 0.5, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: jg.fit jits init, where bounds that are array model args are traced, so an "
-    "init_to_value value outside them is not refused there; the fit then stops with "
-    "NonFiniteLossError at step 0 instead of a SiteError naming 'u'. Needs fit (in "
-    "_fit.py) to call guide.check_init(rng_key, *args, **kwargs) before compiling.",
-)
 def test_init_to_value_outside_traced_support_through_fit():
     guide = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 5.0}))
     with pytest.raises(jg.SiteError, match="'u'"):
         jg.fit(bounded, guide, optax.adam(0.1), KEY, 5, jnp.array(0.0), progress_bar=False)
+
+
+@pytest.mark.parametrize("batched_args", [False, True])
+def test_init_to_value_outside_traced_support_through_fit_many(batched_args):
+    guide = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 5.0}))
+    low = jnp.zeros(3) if batched_args else jnp.array(0.0)
+    keys = jax.random.split(KEY, 3)
+    with pytest.raises(jg.SiteError, match="'u'"):
+        jg.fit_many(bounded, guide, optax.adam(0.1), keys, 5, low, batched_args=batched_args, progress_bar=False)
 
 
 def test_init_to_value_errors_through_fit():
