@@ -19,6 +19,8 @@ import functools
 import types
 from typing import Any
 
+from jaxguides._identity import _filled
+
 __all__ = ["canonical"]
 
 _SEEN: collections.OrderedDict[Any, Any] = collections.OrderedDict()
@@ -49,14 +51,6 @@ def _fingerprint(obj: Any, active: set[int]) -> Any:
         return ("object", id(obj))  # kept alive by the registered optimizer, so the id is not reused
     finally:
         active.discard(id(obj))
-
-
-def _filled(cell: Any) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 (reading an empty cell raises)
-    except ValueError:
-        return False
-    return True
 
 
 def canonical(optimizer: Any) -> Any:
