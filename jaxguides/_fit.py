@@ -245,6 +245,9 @@ def svi(
     return SVI(init, step)
 
 
+_INIT_STREAM = 0x6A67  # fold_in(rng_key, this) seeds init; steps split rng_key into 2, so never this child
+
+
 def _init_state(
     guide: Any,
     optimizer: optax.GradientTransformation,
@@ -255,11 +258,13 @@ def _init_state(
 ) -> SVIState:
     """The state before the first step; with ``loss_fn`` an ``ELBOLoss``, epoch
     cursors for the subsampled plates it draws (see ``jaxguides/_epoch.py``)."""
-    init_key, run_key = jax.random.split(rng_key)
+    # Steps run from rng_key itself, init from a key folded off it: an init that
+    # draws nothing (init_to_feasible) then compiles without random-number code.
+    init_key = jax.random.fold_in(rng_key, _INIT_STREAM)
     params = guide.init(init_key, *args, **kwargs)
     plates = _epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
     subsample = init_subsample(plates, jax.random.fold_in(init_key, 1))
-    return SVIState(params, optimizer.init(params), run_key, jnp.zeros((), jnp.int32), subsample)
+    return SVIState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32), subsample)
 
 
 # ---- compiled chunks ----------------------------------------------------------------

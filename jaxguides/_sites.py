@@ -30,7 +30,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, Transform, biject_to
 from numpyro.distributions.util import periodic_repeat
-from numpyro.infer.initialization import init_to_value
+from numpyro.infer.initialization import init_to_feasible, init_to_uniform, init_to_value
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ModelTraceError, SiteError
@@ -326,7 +326,7 @@ def _run_checked(
     """The model's trace under ``init_loc_fn``, each latent site checked as it is reached."""
     _check_signature(model, args, kwargs)
     guard = _SiteGuard(handlers.seed(model, rng_key))
-    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=init_loc_fn))
+    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=_without_draws(init_loc_fn)))
     try:
         return tracer.get_trace(*args, **kwargs)
     except (SiteError, ModelTraceError):
@@ -339,6 +339,29 @@ def _run_checked(
             f"({where}): {err}. Check that the model runs with these args, e.g. "
             "numpyro.handlers.seed(model, 0)(*args, **kwargs).",
         ) from err
+
+
+def _without_draws(init_loc_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``init_loc_fn``, except that ``init_to_feasible`` (``init_to_uniform`` with
+    radius 0) gives its value without drawing: ``Uniform(-0, 0)`` is 0 whatever
+    the key, so the site starts at ``biject_to(support)(0)``, the value NumPyro
+    gives, and a compiled ``init`` needs no random-number code at all."""
+    radius = 0 if init_loc_fn is init_to_feasible else None
+    if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_uniform and not init_loc_fn.args:
+        radius = init_loc_fn.keywords.get("radius", 2)
+    if radius != 0:
+        return init_loc_fn
+
+    def at_zero(site: dict[str, Any]) -> Any:
+        if site["type"] != "sample" or site["is_observed"] or site["value"] is not None:
+            return init_loc_fn(site)
+        if site["fn"].support.is_discrete:
+            return init_loc_fn(site)
+        transform = biject_to(site["fn"].support)
+        shape = site["kwargs"].get("sample_shape", ()) + transform.inverse_shape(site["fn"].shape())
+        return transform(jnp.zeros(shape))
+
+    return at_zero
 
 
 def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -347,3 +347,36 @@ def test_init_to_value_matches_numpyro(case, kind):
     ours = jg.to_numpyro_params(guide, guide.init(jax.random.PRNGKey(0), *case.args))
     assert set(ours) == set(theirs)
     assert_close(ours, theirs, list(theirs), rtol=1e-5, atol=1e-5)
+
+
+FEASIBLE = (jg.init_to_feasible, jg.init_to_feasible(), jg.init_to_uniform(radius=0))  # three spellings
+
+
+@pytest.mark.parametrize("case", cases())
+def test_init_to_feasible_matches_numpyro_without_drawing(case):
+    # init_to_feasible is a uniform draw of radius 0: jaxguides gives the value NumPyro's
+    # strategy gives (biject_to(support)(0)) without drawing, so a compiled init holds no
+    # random-number code.
+    i = list(MODELS).index(case.name)  # one strategy spelling and one guide per case: same code path
+    strategy, guide_cls = FEASIBLE[i % len(FEASIBLE)], (jg.AutoNormal, jg.AutoDelta)[i % 2]
+
+    def numpyro_values(key):
+        with numpyro_side():
+            seeded = handlers.seed(case.model, key)
+            tr = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(*case.args)
+        return {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+
+    theirs = jax.jit(numpyro_values)(jax.random.PRNGKey(3))  # compiled: NumPyro's eager trace is slow
+    guide = guide_cls(case.model, init_loc_fn=strategy, create_plates=case.create_plates)
+    params = jax.jit(guide.init)(jax.random.PRNGKey(0), *case.args)
+    ours = jax.jit(guide.median)(params)
+    if params.sites.subsampled_plates:  # every row starts at the same value; compare the traced rows
+        ours = subsample_rows(guide, params, ours)
+    assert set(ours) == set(theirs)
+    assert_close(ours, theirs, list(theirs), rtol=1e-6, atol=1e-6)
+    again = jax.jit(guide.init)(jax.random.PRNGKey(1), *case.args)  # the key plays no part
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    if not params.sites.subsampled_plates:  # (subsampling draws its rows)
+        hlo = jax.jit(lambda key: guide.init(key, *case.args)).lower(jax.random.PRNGKey(0)).as_text()
+        assert "threefry" not in hlo and "rng_bit_generator" not in hlo
