@@ -55,17 +55,20 @@ class PlateCursor(NamedTuple):
     """Where one subsampled plate is in its current epoch.
 
     Attributes:
-        key: the plate's permutation key; epoch ``e`` is
-            ``feistel_permutation(fold_in(key, e), size)``.
+        key: the fit's key; epoch ``e`` of this plate is
+            ``feistel_permutation(fold_in(fold_in(key, stream), e), size)``.
         perm: ``int32[size]``, this epoch's order of the plate's rows.
         offset: ``int32[]``, rows of ``perm`` already used this epoch.
-        epoch: ``int32[]``, the epoch ``perm`` belongs to (0 for the first).
+        epoch: ``int32[]``, the epoch ``perm`` belongs to (0 for the first;
+            -1 before the first step, which draws epoch 0).
+        stream: ``int32[]``, this plate's stream of permutation keys.
     """
 
     key: jax.Array
     perm: jax.Array
     offset: jax.Array
     epoch: jax.Array
+    stream: jax.Array
 
 
 class SubsampleState(NamedTuple):
@@ -117,15 +120,21 @@ def feistel_permutation(rng_key: jax.Array, size: int) -> jax.Array:
     return jnp.zeros((size,), jnp.int32).at[slot].set(image.astype(jnp.int32), mode="drop")
 
 
+_STREAM = 0x6A670100  # plate i's permutation keys come from fold_in(rng_key, _STREAM + i)
+
+
 def init_subsample(plates: tuple[PlateFrame, ...], rng_key: jax.Array) -> SubsampleState | None:
-    """Cursors at the start of epoch 0 for ``plates`` (``None`` if there are none)."""
+    """Cursors for ``plates`` (``None`` if there are none), with every row of
+    an empty epoch -1 used up: the first step draws epoch 0's permutation, as
+    it draws every later one, so init itself computes no random numbers."""
     if not plates:
         return None
-    zero = jnp.zeros((), jnp.int32)
     cursors = {}
     for i, p in enumerate(plates):
-        key = jax.random.fold_in(rng_key, i)
-        cursors[p.name] = PlateCursor(key, feistel_permutation(jax.random.fold_in(key, 0), p.size), zero, zero)
+        size, stream = jnp.asarray(p.size, jnp.int32), jnp.asarray(_STREAM + i, jnp.int32)
+        cursors[p.name] = PlateCursor(
+            rng_key, jnp.zeros((p.size,), jnp.int32), size, jnp.asarray(-1, jnp.int32), stream
+        )
     return SubsampleState(cursors)
 
 
@@ -139,8 +148,8 @@ def _roll(cur: PlateCursor, plate: PlateFrame) -> PlateCursor:
 
     def next_epoch(cur: PlateCursor) -> PlateCursor:
         epoch = cur.epoch + 1
-        perm = feistel_permutation(jax.random.fold_in(cur.key, epoch), plate.size)
-        return PlateCursor(cur.key, perm, jnp.zeros((), jnp.int32), epoch)
+        perm = feistel_permutation(jax.random.fold_in(jax.random.fold_in(cur.key, cur.stream), epoch), plate.size)
+        return cur._replace(perm=perm, offset=jnp.zeros((), jnp.int32), epoch=epoch)
 
     return jax.lax.cond(cur.offset + plate.subsample_size > plate.size, next_epoch, lambda c: c, cur)
 

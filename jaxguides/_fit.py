@@ -264,7 +264,7 @@ def _init_state(
     init_key = jax.random.fold_in(rng_key, _INIT_STREAM)
     params = guide.init(init_key, *args, **kwargs)
     plates = _epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
-    subsample = init_subsample(plates, jax.random.fold_in(init_key, 1))
+    subsample = init_subsample(plates, rng_key)
     return SVIState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32), subsample)
 
 

@@ -78,6 +78,26 @@ def test_every_row_once_per_epoch():
     assert int(state.plates["data"].epoch) == 4 and int(state.plates["data"].offset) == N
 
 
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+def test_init_draws_nothing_and_the_first_step_draws_epoch_0(guide_cls):
+    # init_to_feasible and a lazily drawn first permutation: a compiled init has no
+    # random-number code (time to first step); the first step draws epoch 0, the
+    # permutation of the plate's own key stream
+    guide = guide_cls(local_latents, init_loc_fn=jg.init_to_feasible)
+    algo = jg.svi(local_latents, guide, optax.adam(0.01))
+    key = jax.random.PRNGKey(5)
+    hlo = jax.jit(algo.init).lower(key, X).as_text()
+    assert "threefry" not in hlo and "rng_bit_generator" not in hlo
+    state = algo.init(key, X)
+    assert int(state.subsample.plates["data"].epoch) == -1
+    state, _ = jax.jit(algo.step)(state, X)
+    cursor = state.subsample.plates["data"]
+    assert int(cursor.epoch) == 0 and int(cursor.offset) == B
+    stream = jax.random.fold_in(key, int(cursor.stream))
+    np.testing.assert_array_equal(cursor.perm, feistel_permutation(jax.random.fold_in(stream, 0), N))
+    assert sorted(np.asarray(cursor.perm).tolist()) == list(range(N))
+
+
 def test_batch_not_dividing_size_skips_the_remainder_rows():
     size, batch = 10, 4  # two batches per epoch, 2 rows sit each epoch out
     rows, _ = _visits(size, batch, 2 * 6)
