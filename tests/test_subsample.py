@@ -36,7 +36,7 @@ def local_latents(x):
         numpyro.sample("x", dist.Normal(z, 0.5), obs=x[idx])
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 10, 17, 1000, 4097])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 10, 17, 1000, 4097, 65537, 100_003])
 def test_feistel_permutation_is_a_permutation(size):
     for seed in range(3):
         perm = np.asarray(feistel_permutation(jax.random.PRNGKey(seed), size))
@@ -50,6 +50,16 @@ def test_feistel_permutations_differ_by_key_and_look_shuffled():
     # position of row 0 across keys, and the rank correlation with the identity, look random
     assert len(set(np.argmax(perms == 0, axis=1))) > 15
     assert np.abs([np.corrcoef(p, np.arange(1000))[0, 1] for p in perms]).max() < 0.15
+
+
+def test_feistel_permutation_of_a_prime_size_looks_shuffled():
+    """A size with no convenient factors (the network's domain is then larger than
+    the plate, and images outside it are walked on): no structure left over."""
+    perm = np.asarray(feistel_permutation(jax.random.PRNGKey(0), 100_003))
+    assert abs(np.corrcoef(perm, np.arange(perm.size))[0, 1]) < 0.02
+    assert np.mean(np.abs(np.diff(perm)) <= 1) < 0.001  # neighbours do not stay neighbours
+    first, last = perm[: perm.size // 2], perm[perm.size // 2 :]  # each half of the epoch spans all rows
+    assert abs(first.mean() - last.mean()) < 0.02 * perm.size
 
 
 def _visits(size, batch, steps):
