@@ -4,12 +4,13 @@ NumPyro draws a plate's subsample afresh on every step with
 ``random.choice(..., replace=False)``, a sort of all N rows: O(N log N) per
 step (tens of milliseconds for N = 100,000 on a CPU core, where the rest of a
 logistic-regression step with a batch of 1,000 takes well under one). Here
-each plate instead carries a :class:`PlateCursor` in the SVI state: a
-permutation of its N rows, drawn once per epoch, and an offset into it. A
-step takes the next ``subsample_size`` rows of the permutation (O(batch));
-when fewer than a batch remain, the next epoch's permutation is drawn first
-(O(N), once per epoch). A step whose loss or gradient is not finite does not
-use up its rows. So
+each plate instead carries a :class:`PlateCursor` in the SVI state: an epoch
+number and an offset into that epoch's permutation of the plate's N rows. A
+step takes positions ``offset ... offset + subsample_size - 1`` of the
+permutation, computed for those positions only (O(batch), nothing of size N
+is stored or drawn); when fewer than a batch of positions remain, the step
+starts the next epoch, whose permutation has other keys. A step whose loss or
+gradient is not finite does not use up its rows. So
 
 * every batch is ``subsample_size`` distinct rows, a (pseudo-)uniformly
   random subset, the same law per step as NumPyro's, so the estimator's
@@ -22,15 +23,18 @@ use up its rows. So
 
 The permutation is a keyed Feistel network (six rounds of a murmur3 mixer)
 on ``Z_a x Z_b``, a domain at most ``sqrt(N)`` larger than ``[0, N)``, with
-cycle walking for the few images outside it -- O(N) elementwise work
-without a sort, a cumulative sum or a scatter. It is a pseudo-random
-permutation in the sense of format-preserving encryption, not a draw from the
-uniform law over all N! orders; for stochastic optimisation that is the same.
+cycle walking for the few images outside it: position ``i`` of the
+permutation is the network applied to ``i`` until it lands in ``[0, N)``.
+Its round keys are hashed from the fit's key, the plate's stream and the
+epoch with the same mixer (no threefry: cheap to compile and to run on every
+step). It is a pseudo-random permutation in the sense of format-preserving
+encryption, not a draw from the uniform law over all N! orders; for
+stochastic optimisation that is the same.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,29 +46,28 @@ __all__ = [
     "SubsampleState",
     "advance",
     "batch_indices",
-    "feistel_permutation",
+    "epoch_rows",
     "init_subsample",
     "next_batch",
 ]
 
 _ROUNDS = 6
+_GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads small counters over all 32 bits
 
 
 class PlateCursor(NamedTuple):
     """Where one subsampled plate is in its current epoch.
 
     Attributes:
-        key: the fit's key; epoch ``e`` of this plate is
-            ``feistel_permutation(fold_in(fold_in(key, stream), e), size)``.
-        perm: ``int32[size]``, this epoch's order of the plate's rows.
-        offset: ``int32[]``, rows of ``perm`` already used this epoch.
-        epoch: ``int32[]``, the epoch ``perm`` belongs to (0 for the first;
-            -1 before the first step, which draws epoch 0).
-        stream: ``int32[]``, this plate's stream of permutation keys.
+        key: the fit's key; epoch ``e`` of this plate is the permutation
+            ``epoch_rows(key, stream, e, arange(size), size)``.
+        offset: ``int32[]``, positions of this epoch's permutation already used.
+        epoch: ``int32[]``, the current epoch (0 for the first; -1 before the
+            first step, which starts epoch 0).
+        stream: ``int32[]``, this plate's stream of permutations.
     """
 
     key: jax.Array
-    perm: jax.Array
     offset: jax.Array
     epoch: jax.Array
     stream: jax.Array
@@ -89,6 +92,17 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def _round_keys(key: jax.Array, stream: jax.Array, epoch: jax.Array) -> jax.Array:
+    """``uint32[_ROUNDS]`` keys of one epoch's network, hashed from the key's
+    words, the stream and the epoch (each step recomputes them: a few scalar ops)."""
+    words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = jnp.ravel(words).astype(jnp.uint32)
+    h = _mix(_mix(jnp.asarray(stream).astype(jnp.uint32) + jnp.uint32(_GOLDEN)) ^ jnp.asarray(epoch).astype(jnp.uint32))
+    for i in range(words.shape[0]):
+        h = _mix(h ^ words[i])
+    return _mix(h + jnp.arange(1, _ROUNDS + 1, dtype=jnp.uint32) * jnp.uint32(_GOLDEN))
+
+
 def _feistel(round_keys: jax.Array, x: jax.Array, a: int, b: int) -> jax.Array:
     """A bijection of ``[0, a*b)`` (uint32 in, uint32 out); ``a`` a power of two.
 
@@ -103,50 +117,59 @@ def _feistel(round_keys: jax.Array, x: jax.Array, a: int, b: int) -> jax.Array:
     return v * jnp.uint32(a) + u
 
 
-def feistel_permutation(rng_key: jax.Array, size: int) -> jax.Array:
-    """A pseudo-random permutation of ``arange(size)``, ``int32[size]``, in O(size).
+def epoch_rows(key: jax.Array, stream: Any, epoch: Any, positions: jax.Array, size: int) -> jax.Array:
+    """Rows at ``positions`` of one epoch's pseudo-random permutation of ``arange(size)``.
 
     A Feistel network on ``Z_a x Z_b``, ``a = 2**k`` about ``sqrt(size)`` and
     ``b = ceil(size / a)``: a domain at most ``a - 1`` rows larger than the
     plate, so the few images ``>= size`` are walked on through the network
     until they land in ``[0, size)`` (cycle walking: still a permutation),
-    a handful of passes at most, with no sort, cumulative sum or scatter.
+    0-2 passes in practice. Work is O(positions), whatever ``size`` is.
+
+    Args:
+        key: the fit's key; ``stream``, ``epoch``: ints (or int32 scalars)
+            that select the permutation.
+        positions: ``int[...]``, each in ``[0, size)``.
+        size: the plate's size (static).
+
+    Returns:
+        ``int32[positions.shape]``; ``positions = arange(size)`` gives the
+        whole permutation.
 
     Examples:
-        >>> import jax, numpy as np
-        >>> perm = feistel_permutation(jax.random.PRNGKey(0), 10)
-        >>> sorted(np.asarray(perm).tolist()) == list(range(10))
+        >>> import jax, jax.numpy as jnp
+        >>> perm = epoch_rows(jax.random.PRNGKey(0), 0, 0, jnp.arange(10), 10)
+        >>> sorted(perm.tolist()) == list(range(10))
         True
     """
+    positions = jnp.asarray(positions)
     if size < 2:
-        return jnp.zeros((size,), jnp.int32)
+        return jnp.zeros(positions.shape, jnp.int32)
     a = 1 << max(1, (size.bit_length() - 1) // 2)
     b = -(-size // a)
-    round_keys = jax.random.bits(rng_key, (_ROUNDS,), jnp.uint32)
+    round_keys = _round_keys(key, stream, epoch)
 
     def walk(y: jax.Array) -> jax.Array:
         return jnp.where(y >= size, _feistel(round_keys, y, a, b), y)
 
-    image = _feistel(round_keys, jnp.arange(size, dtype=jnp.uint32), a, b)
+    image = _feistel(round_keys, positions.astype(jnp.uint32), a, b)
     image = jax.lax.while_loop(lambda y: jnp.any(y >= size), walk, image)
     return image.astype(jnp.int32)
 
 
-_STREAM = 0x6A670100  # plate i's permutation keys come from fold_in(rng_key, _STREAM + i)
+_STREAM = 0x6A670100  # plate i's permutations are stream _STREAM + i
 
 
 def init_subsample(plates: tuple[PlateFrame, ...], rng_key: jax.Array) -> SubsampleState | None:
-    """Cursors for ``plates`` (``None`` if there are none), with every row of
-    an empty epoch -1 used up: the first step draws epoch 0's permutation, as
-    it draws every later one, so init itself computes no random numbers."""
+    """Cursors for ``plates`` (``None`` if there are none), with every position
+    of an empty epoch -1 used up: the first step starts epoch 0, as it starts
+    every later one, so init itself computes nothing."""
     if not plates:
         return None
     cursors = {}
     for i, p in enumerate(plates):
         size, stream = jnp.asarray(p.size, jnp.int32), jnp.asarray(_STREAM + i, jnp.int32)
-        cursors[p.name] = PlateCursor(
-            rng_key, jnp.zeros((p.size,), jnp.int32), size, jnp.asarray(-1, jnp.int32), stream
-        )
+        cursors[p.name] = PlateCursor(rng_key, size, jnp.asarray(-1, jnp.int32), stream)
     return SubsampleState(cursors)
 
 
@@ -155,31 +178,22 @@ def _frames(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> list[Plate
     return [by_name[name] for name in state.plates]
 
 
-def _roll(cur: PlateCursor, plate: PlateFrame) -> PlateCursor:
-    """``cur``, or the start of the next epoch if fewer than a batch of rows remain."""
-
-    def next_epoch(cur: PlateCursor) -> PlateCursor:
-        epoch = cur.epoch + 1
-        perm = feistel_permutation(jax.random.fold_in(jax.random.fold_in(cur.key, cur.stream), epoch), plate.size)
-        return cur._replace(perm=perm, offset=jnp.zeros((), jnp.int32), epoch=epoch)
-
-    return jax.lax.cond(cur.offset + plate.subsample_size > plate.size, next_epoch, lambda c: c, cur)
-
-
 def next_batch(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> tuple[SubsampleState, dict[str, jax.Array]]:
     """This step's rows, ``{plate: int32[subsample_size]}``, and the cursors they come from.
 
-    When fewer than a batch of rows remain, the next epoch's permutation is
-    drawn first (O(size)), under ``lax.cond``, so the other steps do not pay
-    for it (under ``vmap`` the ``cond`` becomes a ``select``, which does).
-    The ``cond`` comes before the rows are read: XLA then updates the
-    permutation in place instead of copying it on every step.
-    ``plates`` are the model's plate frames (a superset of the cursors' plates).
+    When fewer than a batch of positions remain in the epoch, the step starts
+    the next epoch (offset 0). O(subsample_size) per plate, with no branch:
+    the rows are computed for this batch's positions only. ``plates`` are the
+    model's plate frames (a superset of the cursors' plates).
     """
     cursors, rows = dict(state.plates), {}
     for p in _frames(state, plates):
-        cur = cursors[p.name] = _roll(cursors[p.name], p)
-        rows[p.name] = jax.lax.dynamic_slice(cur.perm, (cur.offset,), (p.subsample_size,))
+        cur = cursors[p.name]
+        new = cur.offset + p.subsample_size > p.size
+        offset, epoch = jnp.where(new, jnp.zeros_like(cur.offset), cur.offset), jnp.where(new, cur.epoch + 1, cur.epoch)
+        cur = cursors[p.name] = cur._replace(offset=offset, epoch=epoch)
+        positions = cur.offset + jnp.arange(p.subsample_size, dtype=cur.offset.dtype)
+        rows[p.name] = epoch_rows(cur.key, cur.stream, cur.epoch, positions, p.size)
     return SubsampleState(cursors), rows
 
 

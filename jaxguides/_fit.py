@@ -14,8 +14,8 @@ seeds (or K datasets) at once with ``vmap``.
 
 Subsampled plates: ``init`` gives every subsampled plate that the fit draws
 itself an epoch cursor (``SVIState.subsample``, see ``_epoch.py``), so a step
-takes its rows from a permutation drawn once per epoch, in O(batch), instead
-of NumPyro's O(N) draw per step. With ``optimizer=jg.sparse_adam(...)`` a step
+takes the next batch of rows of a per-epoch permutation, computed for that
+batch only, in O(batch), instead of NumPyro's O(N) draw per step. With ``optimizer=jg.sparse_adam(...)`` a step
 differentiates the loss with respect to the batch's rows of the local latents
 only and updates just those rows (``_sparse.py``): O(batch), not O(N).
 """
@@ -139,16 +139,21 @@ def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[
 
 
 def _step_indices(
-    loss_fn: ELBOLoss, state: SVIState, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[SubsampleState | None, Indices]:
+    loss_fn: ELBOLoss, state: SVIState, step_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[SubsampleState | None, Indices, jax.Array]:
     """This step's rows of every subsampled plate: the epoch cursors' next batch
     (with the cursors it came from), the user's ``create_plates`` rows, fresh
-    (stratified) draws for the rest."""
+    (stratified) draws for the rest; and the key left for the loss. Only fresh
+    draws take a key of their own (split off ``step_key``)."""
     plates = state.params.sites.plates
     cursors, own = next_batch(state.subsample, plates) if state.subsample is not None else (None, {})
     rest = tuple(p for p in plates if p.name not in own)
+    create_plates = loss_fn.guide.create_plates
+    if create_plates is None and not any(p.subsampled for p in rest):
+        return cursors, own, step_key
+    plate_key, step_key = jax.random.split(step_key)
     blocks = dict(loss_fn.subsample_blocks)
-    return cursors, {**draw_indices(rest, rng_key, loss_fn.guide.create_plates, args, kwargs, blocks), **own}
+    return cursors, {**draw_indices(rest, plate_key, create_plates, args, kwargs, blocks), **own}, step_key
 
 
 def _update(
@@ -169,8 +174,7 @@ def _update(
     else:
         if not isinstance(loss_fn, ELBOLoss):
             raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
-        plate_key, step_key = jax.random.split(step_key)
-        subsample, indices = _step_indices(loss_fn, state, plate_key, args, kwargs)
+        subsample, indices, step_key = _step_indices(loss_fn, state, step_key, args, kwargs)
         spec = row_spec(state.params, indices) if sparse else None
         if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
             local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}

@@ -10,7 +10,7 @@ import pytest
 from numpyro import handlers
 
 import jaxguides as jg
-from jaxguides._epoch import advance, feistel_permutation, init_subsample, next_batch
+from jaxguides._epoch import advance, batch_indices, epoch_rows, init_subsample, next_batch
 from jaxguides._sites import PlateFrame
 
 N, B = 12, 4
@@ -37,25 +37,33 @@ def local_latents(x):
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 10, 17, 1000, 4097, 65537, 100_003])
-def test_feistel_permutation_is_a_permutation(size):
+def test_an_epoch_is_a_permutation(size):
     for seed in range(3):
-        perm = np.asarray(feistel_permutation(jax.random.PRNGKey(seed), size))
+        perm = np.asarray(epoch_rows(jax.random.PRNGKey(seed), 0, 0, jnp.arange(size), size))
         assert perm.dtype == np.int32
         np.testing.assert_array_equal(np.sort(perm), np.arange(size))
 
 
-def test_feistel_permutations_differ_by_key_and_look_shuffled():
-    perms = np.stack([np.asarray(feistel_permutation(jax.random.PRNGKey(s), 1000)) for s in range(20)])
-    assert len({p.tobytes() for p in perms}) == 20
+def permutation(key, size, stream=0, epoch=0):
+    return np.asarray(epoch_rows(key, stream, epoch, jnp.arange(size), size))
+
+
+def test_permutations_differ_by_key_stream_and_epoch_and_look_shuffled():
+    perms = np.stack([permutation(jax.random.PRNGKey(s), 1000) for s in range(20)])
+    perms = np.concatenate([perms, [permutation(jax.random.PRNGKey(0), 1000, stream=1)]])
+    perms = np.concatenate([perms, [permutation(jax.random.PRNGKey(0), 1000, epoch=e) for e in (1, 2)]])
+    assert len({p.tobytes() for p in perms}) == len(perms)
+    # a typed key gives the permutation of its raw key data
+    np.testing.assert_array_equal(permutation(jax.random.key(7), 1000), permutation(jax.random.PRNGKey(7), 1000))
     # position of row 0 across keys, and the rank correlation with the identity, look random
     assert len(set(np.argmax(perms == 0, axis=1))) > 15
     assert np.abs([np.corrcoef(p, np.arange(1000))[0, 1] for p in perms]).max() < 0.15
 
 
-def test_feistel_permutation_of_a_prime_size_looks_shuffled():
+def test_a_permutation_of_a_prime_size_looks_shuffled():
     """A size with no convenient factors (the network's domain is then larger than
     the plate, and images outside it are walked on): no structure left over."""
-    perm = np.asarray(feistel_permutation(jax.random.PRNGKey(0), 100_003))
+    perm = permutation(jax.random.PRNGKey(0), 100_003)
     assert abs(np.corrcoef(perm, np.arange(perm.size))[0, 1]) < 0.02
     assert np.mean(np.abs(np.diff(perm)) <= 1) < 0.001  # neighbours do not stay neighbours
     first, last = perm[: perm.size // 2], perm[perm.size // 2 :]  # each half of the epoch spans all rows
@@ -89,23 +97,25 @@ def test_every_row_once_per_epoch():
 
 
 @pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
-def test_init_draws_nothing_and_the_first_step_draws_epoch_0(guide_cls):
-    # init_to_feasible and a lazily drawn first permutation: a compiled init has no
-    # random-number code (time to first step); the first step draws epoch 0, the
-    # permutation of the plate's own key stream
+def test_init_draws_nothing_and_the_first_step_starts_epoch_0(guide_cls):
+    # init_to_feasible and cursors that hold no rows: a compiled init has no
+    # random-number code (time to first step); the first step takes the first
+    # rows of epoch 0 of the plate's own stream
     guide = guide_cls(local_latents, init_loc_fn=jg.init_to_feasible)
     algo = jg.svi(local_latents, guide, optax.adam(0.01))
     key = jax.random.PRNGKey(5)
     hlo = jax.jit(algo.init).lower(key, X).as_text()
     assert "threefry" not in hlo and "rng_bit_generator" not in hlo
     state = algo.init(key, X)
-    assert int(state.subsample.plates["data"].epoch) == -1
+    cursor = state.subsample.plates["data"]
+    assert int(cursor.epoch) == -1
+    # the state of a cursor is O(1): no row of the plate is stored
+    assert all(np.size(leaf) <= 2 for leaf in jax.tree.leaves(state.subsample))
+    rows = batch_indices(state.subsample, state.params.sites.plates)["data"]
+    np.testing.assert_array_equal(rows, permutation(key, N, stream=int(cursor.stream), epoch=0)[:B])
     state, _ = jax.jit(algo.step)(state, X)
     cursor = state.subsample.plates["data"]
     assert int(cursor.epoch) == 0 and int(cursor.offset) == B
-    stream = jax.random.fold_in(key, int(cursor.stream))
-    np.testing.assert_array_equal(cursor.perm, feistel_permutation(jax.random.fold_in(stream, 0), N))
-    assert sorted(np.asarray(cursor.perm).tolist()) == list(range(N))
 
 
 def test_batch_not_dividing_size_skips_the_remainder_rows():
