@@ -71,7 +71,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         payload = pickle.loads(data)
     except Exception as err:  # checksum passed: written by an incompatible version
-        raise CheckpointError(path, f"it cannot be unpickled ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            path, f"it cannot be unpickled, so another version of jaxguides wrote it ({type(err).__name__}: {err})"
+        ) from err
     return jax.tree.map(_from_host, payload, is_leaf=lambda x: isinstance(x, _KeyData))
 
 

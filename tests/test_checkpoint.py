@@ -1,6 +1,7 @@
 """Checkpoints: the save/load round trip, fit's resume bit for bit, refusal of
 bad files (left as they were), and atomic writes."""
 
+import hashlib
 import os
 import pickle
 
@@ -215,6 +216,19 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     _refused(path, "does not hold a fit state")
     with pytest.raises(jg.CheckpointError, match="cannot be read"):
         jg.load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_checkpoint_of_another_version_is_refused(tmp_path):
+    """A whole file (checksum fine) whose pickle no longer loads, e.g. a state class
+    whose fields changed between versions: refused, named, left as it was."""
+    path = tmp_path / "run.ckpt"
+    _run(10, checkpoint=path)
+    raw = path.read_bytes()
+    data = raw[raw.index(b"\n", len(_checkpoint._MAGIC)) + 1 :]
+    stale = data.replace(b"SVIState", b"SVIStatX")  # a class this version does not have
+    assert stale != data
+    path.write_bytes(_checkpoint._MAGIC + hashlib.sha256(stale).hexdigest().encode() + b"\n" + stale)
+    _refused(path, "another version of jaxguides")
 
 
 def test_checkpoint_of_another_fit_is_refused(tmp_path):
