@@ -148,14 +148,16 @@ class AutoNormal(GuideBase):
         """
         sites = self.check_params(params)
         sample_shape = tuple(sample_shape)
-        keys = jax.random.split(rng_key, len(sites.latents) + 1)
+        det_key, eps_key = jax.random.split(rng_key)
+        shapes = [sample_shape + params.loc[s.name].shape for s in sites.latents]
         out = {}
-        for key, site in zip(keys[1:], sites.latents):
-            eps = jax.random.normal(key, sample_shape + site.unconstrained_shape, params.loc[site.name].dtype)
+        for site, eps in zip(
+            sites.latents, _standard_normals(eps_key, shapes, [params.loc[s.name] for s in sites.latents])
+        ):
             loc, scale = params.loc[site.name], _SCALE(params.raw_scale[site.name])
             u = jnp.broadcast_to(loc, eps.shape) + jnp.broadcast_to(scale, eps.shape) * eps  # no rank promotion
             out[site.name] = site.transform(params.support[site.name])(u)
-        return self.with_deterministic(sites, out, keys[0], args, kwargs, sample_shape)
+        return self.with_deterministic(sites, out, det_key, args, kwargs, sample_shape)
 
     def log_prob(self, params: AutoNormalParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any) -> jax.Array:
         """Guide log density of constrained ``values`` (Jacobian included), a scalar.
@@ -216,16 +218,56 @@ class AutoNormal(GuideBase):
         stopped-gradient params (the path-derivative estimator).
         """
         sites = self.check_params(params)
-        keys = jax.random.split(rng_key, len(sites.latents))
+        qs = [self._site_dist(site, params, indices) for site in sites.latents]
+        normals = [_base_normal(q) for q in qs]
         out = {}
-        for key, site in zip(keys, sites.latents):
-            q = self._site_dist(site, params, indices)
+        for site, q, normal, eps in zip(
+            sites.latents,
+            qs,
+            normals,
+            _standard_normals(rng_key, [n.batch_shape for n in normals], [n.loc for n in normals]),
+        ):
             score = self._site_dist(site, params, indices, stop_gradient=True) if stick_the_landing else q
+            x = normal.loc + eps * normal.scale  # Normal.rsample's own formula, with this site's share of the draw
             if isinstance(q, dist.TransformedDistribution):
-                value, intermediates = q.sample_with_intermediates(key)
+                value, intermediates = _push_forward(q, x)
                 lp = score.log_prob(value, intermediates)
             else:
-                value = q.rsample(key)
+                value = x
                 lp = score.log_prob(value)
             out[site.name] = Draw(value, plate_scale(site, indices) * jnp.sum(lp), q)
         return out
+
+
+def _standard_normals(
+    rng_key: jax.Array, shapes: Sequence[tuple[int, ...]], like: Sequence[jax.Array]
+) -> list[jax.Array]:
+    """Standard normal arrays of ``shapes`` (dtypes of ``like``) from one draw of
+    their total size: one random-number call per step, not one (and a key
+    split) per site, which is what a small model's step and compilation pay for."""
+    sizes = [math.prod(shape) for shape in shapes]
+    if not sizes:
+        return []
+    dtype = jnp.result_type(*(jnp.asarray(x).dtype for x in like))
+    flat = jax.random.normal(rng_key, (sum(sizes),), dtype)
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    return [
+        flat[end - size : end].reshape(shape).astype(jnp.asarray(x).dtype)
+        for end, size, shape, x in zip(ends, sizes, shapes, like)
+    ]
+
+
+def _base_normal(q: dist.Distribution) -> dist.Normal:
+    """The ``Normal`` under a site's guide distribution (``_site_dist``'s structure)."""
+    base = q.base_dist if isinstance(q, dist.TransformedDistribution) else q
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    assert isinstance(base, dist.Normal), type(base)
+    return base
+
+
+def _push_forward(q: dist.TransformedDistribution, x: jax.Array) -> tuple[jax.Array, list[Any]]:
+    """``q``'s sample at base point ``x`` with the intermediates its ``log_prob``
+    reuses: NumPyro's own ``sample_with_intermediates``, run on a point mass at ``x``."""
+    point = dist.Delta(x, event_dim=len(q.base_dist.event_shape))
+    return dist.TransformedDistribution(point, q.transforms).sample_with_intermediates(None)

@@ -139,18 +139,24 @@ def weakly_observed(y):
 
 @pytest.mark.parametrize("model, args", [(weakly_observed, (1.0,)), (hierarchical, (YH,))])
 def test_mean_field_same_expectation_lower_variance(model, args):
-    """The analytic KL removes the noise of log p(z) - log q(z) for Normal-prior sites.
+    """The analytic KL has the sampled ELBO's expectation, and removes the noise of
+    log p(z) - log q(z) for Normal-prior sites where those terms dominate.
 
     (Not a law: near the exact posterior of a conjugate model the sampled terms
-    cancel the likelihood's noise. Here the guide is away from the optimum.)
+    cancel the likelihood's noise. On ``hierarchical``, whose Normal-prior site
+    ``z`` has sampled prior parameters, the spread is not reliably lower: over 6
+    seed pairs the variance ratio was 0.47-1.10 and the interquartile ratio
+    1.08-1.20, so only the expectation is checked there.)
     """
     guide = jg.AutoNormal(model, init_scale=0.5)
     params = _shift(guide.init(jax.random.PRNGKey(0), *args))
     plain = _mc(jg.elbo_loss(model, guide), params, *args, seed=1)
     mf = _mc(jg.elbo_loss(model, guide, mean_field=True), params, *args, seed=2)
     _close_in_mean(plain, mf)
-    # weakly_observed: the ratio measured 0.35-0.64 over 6 seed pairs (heavy tails); 1 would be no gain
-    assert mf.var() < (0.8 if model is weakly_observed else 0.97) * plain.var()
+    if model is weakly_observed:  # over 6 seed pairs: variance ratio 0.31-0.62, interquartile ratio 0.24-0.27
+        iqr = lambda v: np.subtract(*np.percentile(v, [75, 25]))  # noqa: E731
+        assert mf.var() < 0.8 * plain.var()
+        assert iqr(mf) < 0.4 * iqr(plain)
 
 
 def handled():
