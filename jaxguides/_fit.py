@@ -15,9 +15,10 @@ seeds (or K datasets) at once with ``vmap``.
 Subsampled plates: ``init`` gives every subsampled plate that the fit draws
 itself an epoch cursor (``SVIState.subsample``, see ``_epoch.py``), so a step
 takes the next batch of rows of a per-epoch permutation, computed for that
-batch only, in O(batch), instead of NumPyro's O(N) draw per step. With ``optimizer=jg.sparse_adam(...)`` a step
-differentiates the loss with respect to the batch's rows of the local latents
-only and updates just those rows (``_sparse.py``): O(batch), not O(N).
+batch only, in O(batch), instead of NumPyro's O(N) draw per step. With
+``optimizer=jg.sparse_adam(...)`` a step differentiates the loss with respect
+to the batch's rows of the local latents only and updates just those rows
+(``_sparse.py``): O(batch), not O(N).
 """
 
 from __future__ import annotations
