@@ -9,6 +9,7 @@ site's unconstrained event dims reinterpreted as one event, and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -152,7 +153,7 @@ class AutoNormal(GuideBase):
         shapes = [sample_shape + params.loc[s.name].shape for s in sites.latents]
         out = {}
         for site, eps in zip(
-            sites.latents, _standard_normals(eps_key, shapes, [params.loc[s.name] for s in sites.latents])
+            sites.latents, _standard_normals(eps_key, shapes, [params.loc[s.name].dtype for s in sites.latents])
         ):
             loc, scale = params.loc[site.name], _SCALE(params.raw_scale[site.name])
             u = jnp.broadcast_to(loc, eps.shape) + jnp.broadcast_to(scale, eps.shape) * eps  # no rank promotion
@@ -225,7 +226,7 @@ class AutoNormal(GuideBase):
             sites.latents,
             qs,
             normals,
-            _standard_normals(rng_key, [n.batch_shape for n in normals], [n.loc for n in normals]),
+            _standard_normals(rng_key, [n.batch_shape for n in normals], [jnp.result_type(n.loc) for n in normals]),
         ):
             score = self._site_dist(site, params, indices, stop_gradient=True) if stick_the_landing else q
             x = normal.loc + eps * normal.scale  # Normal.rsample's own formula, with this site's share of the draw
@@ -239,21 +240,18 @@ class AutoNormal(GuideBase):
         return out
 
 
-def _standard_normals(
-    rng_key: jax.Array, shapes: Sequence[tuple[int, ...]], like: Sequence[jax.Array]
-) -> list[jax.Array]:
-    """Standard normal arrays of ``shapes`` (dtypes of ``like``) from one draw of
+def _standard_normals(rng_key: jax.Array, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any]) -> list[jax.Array]:
+    """Standard normal arrays of ``shapes`` and ``dtypes`` from one draw of
     their total size: one random-number call per step, not one (and a key
     split) per site, which is what a small model's step and compilation pay for."""
-    sizes = [math.prod(shape) for shape in shapes]
-    if not sizes:
+    if not shapes:
         return []
-    dtype = jnp.result_type(*(jnp.asarray(x).dtype for x in like))
-    flat = jax.random.normal(rng_key, (sum(sizes),), dtype)
-    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.random.normal(rng_key, (sum(sizes),), jnp.result_type(*dtypes))
+    starts = itertools.accumulate(sizes[:-1], initial=0)
     return [
-        flat[end - size : end].reshape(shape).astype(jnp.asarray(x).dtype)
-        for end, size, shape, x in zip(ends, sizes, shapes, like)
+        flat[start : start + size].reshape(shape).astype(dtype)
+        for start, size, shape, dtype in zip(starts, sizes, shapes, dtypes)
     ]
 
 
