@@ -55,6 +55,8 @@ def _fingerprint(obj: Any, active: set[int]) -> Any:
 
 def canonical(optimizer: Any) -> Any:
     """The first optimizer seen with the same structure as ``optimizer`` (or itself)."""
+    if any(seen is optimizer for seen in _SEEN.values()):  # already canonical: skip the fingerprint
+        return optimizer
     try:
         key = (type(optimizer), _fingerprint(tuple(optimizer), set()))
         hash(key)

@@ -632,7 +632,7 @@ def fit(
             if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
                 _save(checkpoint, state, losses[:step], skipped)
                 last_saved = step
-            if done:  # no refresh of its own: update() redraws at most every 0.1 s
+            if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
                 bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}", refresh=False)
             bar.update(done)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
