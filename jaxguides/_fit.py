@@ -4,7 +4,8 @@
 ``init(rng_key, *args, **kwargs) -> SVIState`` and
 ``step(state, *args, **kwargs) -> (state, loss)``, both pure and jittable.
 A step whose loss or gradient is not finite leaves params and optimizer
-state untouched (only the key and the step count move on).
+state untouched (only the step count moves on). Step ``i`` draws its random
+numbers from ``fold_in(rng_key, i)``; ``state.rng_key`` stays the key given.
 
 ``fit`` runs steps in compiled chunks (a ``lax.while_loop`` of up to
 ``chunk_size`` steps), shows a tqdm bar with the running loss between chunks,
@@ -57,7 +58,8 @@ class SVIState(NamedTuple):
     Attributes:
         params: the guide's params.
         opt_state: the optax optimizer state.
-        rng_key: key for the next step.
+        rng_key: the fit's key; step ``i`` draws from ``fold_in(rng_key, i)``,
+            so a step that draws nothing costs no random-number work.
         step: number of steps taken (``int32`` scalar).
         subsample: the epoch cursors of the subsampled plates the fit draws
             itself (:class:`SubsampleState`), or ``None``: no such plate, a
@@ -166,8 +168,8 @@ def _update(
 ) -> tuple[SVIState, jax.Array, jax.Array]:
     """One SVI step. A non-finite loss or gradient (or a gradient whose square
     overflows) keeps params, optimizer state and the epoch cursors as they were;
-    only the key and the step count move on."""
-    key, step_key = jax.random.split(state.rng_key)
+    only the step count moves on."""
+    step_key = jax.random.fold_in(state.rng_key, state.step)  # dead code, compiled away, if nothing draws
     sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
     spec, subsample = None, state.subsample
     if state.subsample is None and not sparse:  # the loss draws its own rows, if any
@@ -203,7 +205,7 @@ def _update(
         params = apply_rows(state.params, _freeze_support(updates), spec, mask=finite)
     if subsample is not None:
         subsample = advance(subsample, state.params.sites.plates, finite)
-    return SVIState(params, opt_state, key, state.step + 1, subsample), loss, finite
+    return SVIState(params, opt_state, state.rng_key, state.step + 1, subsample), loss, finite
 
 
 def svi(
@@ -251,7 +253,7 @@ def svi(
     return SVI(init, step)
 
 
-_INIT_STREAM = 0x6A67  # fold_in(rng_key, this) seeds init; steps split rng_key into 2, so never this child
+_INIT_STREAM = 0xFFFFFFFF  # fold_in(rng_key, this) seeds init; step i folds in i < 2**31, never this
 
 
 def _init_state(
@@ -309,9 +311,7 @@ def _chunk(
             skipped = skipped + (~finite).astype(jnp.int32)
         else:  # stop: keep the last finite state exactly as it was (_update kept the rest)
             bad = jnp.where(finite, bad, state.step)
-            new = new._replace(
-                rng_key=jnp.where(finite, new.rng_key, state.rng_key), step=jnp.where(finite, new.step, state.step)
-            )
+            new = new._replace(step=jnp.where(finite, new.step, state.step))
         losses = losses.at[i].set(loss.astype(jnp.float32))  # float64 under x64
         return i + 1, pin(new), bad, skipped, losses
 
