@@ -249,9 +249,10 @@ def test_fit_result_and_determinism():
 
 
 def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
-    """By default the first chunk has 64 steps and later ones grow (at most 4x each,
-    at most 4,096) towards ~0.25 s of work: a fast step is not dominated by the
-    chunk's host round trip. Any run length uses the same compilation."""
+    """By default the first chunk has 64 steps and later ones aim at ~0.25 s of
+    work (at most 4,096 steps): a fast step is not dominated by the chunks' fixed
+    cost, so the second chunk jumps straight there rather than growing by steps.
+    Any run length uses the same compilation."""
     from jaxguides import _fit
 
     real, sizes = _fit._run_chunk, []
@@ -264,8 +265,8 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 20_000, YC, progress_bar=False)
     assert sizes[0] == 64 and sum(sizes) == 20_000
-    assert max(sizes) <= 4096 and all(b <= 4 * a for a, b in zip(sizes, sizes[1:]))
-    assert max(sizes) > 64  # a step of microseconds: chunks grew
+    assert max(sizes) <= 4096
+    assert sizes[1] > 4 * sizes[0]  # a step of microseconds: 64 steps take ~1 ms, far under 0.25 s
     before = real._cache_size()
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 777, YC, progress_bar=False)
     assert real._cache_size() == before
