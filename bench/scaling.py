@@ -11,9 +11,11 @@ count runs in a fresh process (XLA fixes the device count when JAX starts).
 With ``--default-backend`` a last row times the same models on one device of
 the default backend (a GPU where there is one).
 
-Two models: logistic regression (global latents only: the data is split, the
-gradient all-reduced) and a hierarchical model with one local latent per row
-in the sharded plate (its params and Adam moments are split too).
+Three models: logistic regression (global latents only: the data is split, the
+gradient all-reduced), a hierarchical model with one local latent per row
+in the sharded plate (its params and Adam moments are split too), and the
+logistic regression with its data plate subsampled (batch 1,024: each device
+takes its share from its own rows, one epoch permutation per device).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import subprocess
 import sys
 import time
 
-MODELS = ("logreg", "hier")
+MODELS = ("logreg", "hier", "logreg_sub")
+SUBSAMPLE = 1024  # logreg_sub's batch (a multiple of 8)
 
 
 def _child(devices: int, rows: int, steps: int, backend: str) -> dict[str, float]:
@@ -45,6 +48,12 @@ def _child(devices: int, rows: int, steps: int, backend: str) -> dict[str, float
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("y", dist.Bernoulli(logits=x @ beta), obs=y)
 
+    def logreg_sub(x, y):  # the data plate subsampled: each device draws its share from its own rows
+        with numpyro.plate("features", x.shape[1]):
+            beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0], subsample_size=SUBSAMPLE) as idx:
+            numpyro.sample("y", dist.Bernoulli(logits=x[idx] @ beta), obs=y[idx])
+
     def hier(x, y):
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
         sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 1.0))
@@ -58,7 +67,8 @@ def _child(devices: int, rows: int, steps: int, backend: str) -> dict[str, float
         "logreg": (x, (rng.uniform(size=rows) < 0.5).astype(np.float32)),
         "hier": (x, (x[:, 0] + rng.normal(size=rows)).astype(np.float32)),
     }
-    models = {"logreg": logreg, "hier": hier}
+    data["logreg_sub"] = data["logreg"]
+    models = {"logreg": logreg, "hier": hier, "logreg_sub": logreg_sub}
     kw: dict = {}
     if backend == "cpu":
         kw = dict(mesh=Mesh(np.array(jax.devices()[:devices]), ("batch",)), shard_plates={"data": "batch"})

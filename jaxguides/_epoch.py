@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxguides._sites import PlateFrame
+from jaxguides._subsample import block_sizes
 
 __all__ = [
     "PlateCursor",
@@ -92,12 +93,15 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _round_keys(key: jax.Array, stream: jax.Array, epoch: jax.Array) -> jax.Array:
+def _round_keys(key: jax.Array, stream: jax.Array, epoch: jax.Array, block: Any = None) -> jax.Array:
     """``uint32[_ROUNDS]`` keys of one epoch's network, hashed from the key's
-    words, the stream and the epoch (each step recomputes them: a few scalar ops)."""
+    words, the stream, the epoch and (for a plate drawn in blocks) the block
+    (each step recomputes them: a few scalar ops)."""
     words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     words = jnp.ravel(words).astype(jnp.uint32)
     h = _mix(_mix(jnp.asarray(stream).astype(jnp.uint32) + jnp.uint32(_GOLDEN)) ^ jnp.asarray(epoch).astype(jnp.uint32))
+    if block is not None:
+        h = _mix(h ^ (jnp.asarray(block).astype(jnp.uint32) + jnp.uint32(1)) * jnp.uint32(_GOLDEN))
     for i in range(words.shape[0]):
         h = _mix(h ^ words[i])
     return _mix(h + jnp.arange(1, _ROUNDS + 1, dtype=jnp.uint32) * jnp.uint32(_GOLDEN))
@@ -117,7 +121,9 @@ def _feistel(round_keys: jax.Array, x: jax.Array, a: int, b: int) -> jax.Array:
     return v * jnp.uint32(a) + u
 
 
-def epoch_rows(key: jax.Array, stream: Any, epoch: Any, positions: jax.Array, size: int) -> jax.Array:
+def epoch_rows(
+    key: jax.Array, stream: Any, epoch: Any, positions: jax.Array, size: int, block: Any = None
+) -> jax.Array:
     """Rows at ``positions`` of one epoch's pseudo-random permutation of ``arange(size)``.
 
     A Feistel network on ``Z_a x Z_b``, ``a = 2**k`` about ``sqrt(size)`` and
@@ -131,6 +137,8 @@ def epoch_rows(key: jax.Array, stream: Any, epoch: Any, positions: jax.Array, si
             that select the permutation.
         positions: ``int[...]``, each in ``[0, size)``.
         size: the plate's size (static).
+        block: for a plate drawn in blocks, which block's permutation (of
+            its ``size`` rows); ``None`` for a plate drawn whole.
 
     Returns:
         ``int32[positions.shape]``; ``positions = arange(size)`` gives the
@@ -147,7 +155,7 @@ def epoch_rows(key: jax.Array, stream: Any, epoch: Any, positions: jax.Array, si
         return jnp.zeros(positions.shape, jnp.int32)
     a = 1 << max(1, (size.bit_length() - 1) // 2)
     b = -(-size // a)
-    round_keys = _round_keys(key, stream, epoch)
+    round_keys = _round_keys(key, stream, epoch, block)
 
     def walk(y: jax.Array) -> jax.Array:
         return jnp.where(y >= size, _feistel(round_keys, y, a, b), y)
@@ -178,35 +186,66 @@ def _frames(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> list[Plate
     return [by_name[name] for name in state.plates]
 
 
-def next_batch(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> tuple[SubsampleState, dict[str, jax.Array]]:
+def _rows(cur: PlateCursor, plate: PlateFrame, blocks: int, positions: jax.Array) -> jax.Array:
+    """Rows at ``positions`` of the epoch's permutation, ``int32[blocks * len(positions)]``:
+    with ``blocks = k > 1``, block ``b`` permutes its own rows ``[b R, (b+1) R)``
+    (``R = size / k``) and gives the ``b``-th slice of the batch."""
+    if blocks == 1:
+        return epoch_rows(cur.key, cur.stream, cur.epoch, positions, plate.size)
+    per_block = plate.size // blocks
+    local = jax.vmap(lambda b: epoch_rows(cur.key, cur.stream, cur.epoch, positions, per_block, block=b))(
+        jnp.arange(blocks, dtype=jnp.int32)
+    )
+    return (local + per_block * jnp.arange(blocks, dtype=jnp.int32)[:, None]).reshape(-1)
+
+
+def next_batch(
+    state: SubsampleState, plates: tuple[PlateFrame, ...], blocks: dict[str, int] | None = None
+) -> tuple[SubsampleState, dict[str, jax.Array]]:
     """This step's rows, ``{plate: int32[subsample_size]}``, and the cursors they come from.
 
     When fewer than a batch of positions remain in the epoch, the step starts
     the next epoch (offset 0). O(subsample_size) per plate, with no branch:
     the rows are computed for this batch's positions only. ``plates`` are the
-    model's plate frames (a superset of the cursors' plates).
+    model's plate frames (a superset of the cursors' plates). A plate with
+    ``blocks[plate] = k > 1`` (split over ``k`` devices) is drawn per block, as
+    :func:`jaxguides._subsample.draw_indices` stratifies: block ``b`` of the
+    batch is ``subsample_size / k`` rows of block ``b`` of the plate, each block
+    its own epoch permutation, all in step (the cursor's offset counts
+    positions within a block).
     """
     cursors, rows = dict(state.plates), {}
     for p in _frames(state, plates):
+        k = (blocks or {}).get(p.name, 1)
+        per_block, take = block_sizes(p, k)
         cur = cursors[p.name]
-        new = cur.offset + p.subsample_size > p.size
+        new = cur.offset + take > per_block
         offset, epoch = jnp.where(new, jnp.zeros_like(cur.offset), cur.offset), jnp.where(new, cur.epoch + 1, cur.epoch)
         cur = cursors[p.name] = cur._replace(offset=offset, epoch=epoch)
-        positions = cur.offset + jnp.arange(p.subsample_size, dtype=cur.offset.dtype)
-        rows[p.name] = epoch_rows(cur.key, cur.stream, cur.epoch, positions, p.size)
+        positions = cur.offset + jnp.arange(take, dtype=cur.offset.dtype)
+        rows[p.name] = _rows(cur, p, k, positions)
     return SubsampleState(cursors), rows
 
 
-def batch_indices(state: SubsampleState, plates: tuple[PlateFrame, ...]) -> dict[str, jax.Array]:
+def batch_indices(
+    state: SubsampleState, plates: tuple[PlateFrame, ...], blocks: dict[str, int] | None = None
+) -> dict[str, jax.Array]:
     """The rows the next step will see, ``{plate: int32[subsample_size]}``."""
-    return next_batch(state, plates)[1]
+    return next_batch(state, plates, blocks)[1]
 
 
-def advance(state: SubsampleState, plates: tuple[PlateFrame, ...], ok: jax.Array | bool = True) -> SubsampleState:
-    """The cursors after a step on their batch (from :func:`next_batch`): the batch
-    is used up if the step was ``ok``; a non-finite step leaves it to be drawn again."""
+def advance(
+    state: SubsampleState,
+    plates: tuple[PlateFrame, ...],
+    ok: jax.Array | bool = True,
+    blocks: dict[str, int] | None = None,
+) -> SubsampleState:
+    """The cursors after a step on their batch (from :func:`next_batch`, with the
+    same ``blocks``): the batch is used up if the step was ``ok``; a non-finite
+    step leaves it to be drawn again."""
     cursors = dict(state.plates)
     for p in _frames(state, plates):
         cur = cursors[p.name]
-        cursors[p.name] = cur._replace(offset=jnp.where(ok, cur.offset + p.subsample_size, cur.offset))
+        take = block_sizes(p, (blocks or {}).get(p.name, 1))[1]
+        cursors[p.name] = cur._replace(offset=jnp.where(ok, cur.offset + take, cur.offset))
     return SubsampleState(cursors)

@@ -132,13 +132,12 @@ def _usable(grads: Any) -> jax.Array:
 
 def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """The subsampled plates a fit draws from epoch permutations: those of an
-    ``ELBOLoss`` that ``create_plates`` does not fix and that are not drawn
-    in per-device blocks (sharded plates keep their stratified draws)."""
+    ``ELBOLoss`` that ``create_plates`` does not fix (a plate drawn in
+    per-device blocks, as a sharded one is, gets one permutation per block)."""
     if not isinstance(loss_fn, ELBOLoss):
         return ()
     fixed = user_plate_indices(loss_fn.guide.create_plates, jax.random.PRNGKey(0), args, kwargs)
-    blocks = dict(loss_fn.subsample_blocks)
-    return tuple(p for p in sites.subsampled_plates if p.name not in fixed and blocks.get(p.name, 1) == 1)
+    return tuple(p for p in sites.subsampled_plates if p.name not in fixed)
 
 
 def _step_indices(
@@ -148,14 +147,13 @@ def _step_indices(
     (with the cursors it came from), the user's ``create_plates`` rows, fresh
     (stratified) draws for the rest; and the key left for the loss. Only fresh
     draws take a key of their own (split off ``step_key``)."""
-    plates = state.params.sites.plates
-    cursors, own = next_batch(state.subsample, plates) if state.subsample is not None else (None, {})
+    plates, blocks = state.params.sites.plates, dict(loss_fn.subsample_blocks)
+    cursors, own = next_batch(state.subsample, plates, blocks) if state.subsample is not None else (None, {})
     rest = tuple(p for p in plates if p.name not in own)
     create_plates = loss_fn.guide.create_plates
     if create_plates is None and not any(p.subsampled for p in rest):
         return cursors, own, step_key
     plate_key, step_key = jax.random.split(step_key)
-    blocks = dict(loss_fn.subsample_blocks)
     return cursors, {**draw_indices(rest, plate_key, create_plates, args, kwargs, blocks), **own}, step_key
 
 
@@ -171,12 +169,13 @@ def _update(
     only the step count moves on."""
     step_key = jax.random.fold_in(state.rng_key, state.step)  # dead code, compiled away, if nothing draws
     sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
-    spec, subsample = None, state.subsample
+    spec, subsample, blocks = None, state.subsample, {}
     if state.subsample is None and not sparse:  # the loss draws its own rows, if any
         loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
     else:
         if not isinstance(loss_fn, ELBOLoss):
             raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
+        blocks = dict(loss_fn.subsample_blocks)
         subsample, indices, step_key = _step_indices(loss_fn, state, step_key, args, kwargs)
         spec = row_spec(state.params, indices) if sparse else None
         if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
@@ -204,7 +203,7 @@ def _update(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, rows=spec, mask=finite)
         params = apply_rows(state.params, _freeze_support(updates), spec, mask=finite)
     if subsample is not None:
-        subsample = advance(subsample, state.params.sites.plates, finite)
+        subsample = advance(subsample, state.params.sites.plates, finite, blocks)
     return SVIState(params, opt_state, state.rng_key, state.step + 1, subsample), loss, finite
 
 

@@ -33,7 +33,10 @@ A subsampled plate that is split ``n`` ways is drawn in ``n`` blocks
 (``elbo_loss(..., subsample_blocks=...)``, set by ``fit``): device ``b``
 draws ``subsample_size / n`` of its own rows ``[b N/n, (b+1) N/n)``; each row
 is still drawn with probability ``subsample_size / N``, so the
-``N / subsample_size`` scaling keeps the ELBO unbiased.
+``N / subsample_size`` scaling keeps the ELBO unbiased. ``fit`` (and ``svi``
+given ``loss=elbo_loss(..., subsample_blocks=...)``) takes those rows from one
+epoch permutation per block (``jaxguides/_epoch.py``), O(subsample_size) per
+step; the loss called on its own draws them afresh.
 
 Across processes (``jax.distributed.initialize``) every process holds the
 full host data and calls ``fit`` alike with a mesh over ``jax.devices()``;

@@ -17,7 +17,7 @@ from numpyro import handlers
 
 from jaxguides._sites import LatentSite, PlateFrame
 
-__all__ = ["draw_indices", "gather_rows", "plate_scale", "user_plate_indices"]
+__all__ = ["block_sizes", "draw_indices", "gather_rows", "plate_scale", "user_plate_indices"]
 
 Indices = dict[str, jax.Array]
 
@@ -67,13 +67,18 @@ def draw_indices(
     return indices
 
 
-def _block_choice(key: jax.Array, plate: PlateFrame, k: int) -> jax.Array:
+def block_sizes(plate: PlateFrame, k: int) -> tuple[int, int]:
+    """``(rows per block, batch rows per block)`` of ``plate`` drawn in ``k`` blocks."""
     if plate.size % k or plate.subsample_size % k:
         raise ValueError(
             f"plate {plate.name!r} (size {plate.size}, subsample_size {plate.subsample_size}) cannot be "
             f"drawn in {k} equal blocks; both sizes must be multiples of {k}."
         )
-    rows, take = plate.size // k, plate.subsample_size // k
+    return plate.size // k, plate.subsample_size // k
+
+
+def _block_choice(key: jax.Array, plate: PlateFrame, k: int) -> jax.Array:
+    rows, take = block_sizes(plate, k)
     local = jax.vmap(lambda b: jax.random.choice(b, rows, (take,), replace=False))(jax.random.split(key, k))
     return (local + rows * jnp.arange(k, dtype=local.dtype)[:, None]).reshape(-1)
 

@@ -22,6 +22,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxguides as jg
+from jaxguides._epoch import batch_indices
 from jaxguides._fit import _run_chunk
 from jaxguides._subsample import draw_indices
 
@@ -164,8 +165,13 @@ def test_subsampled_sharded_fit_draws_per_device_and_matches_stratified_one_devi
     _assert_trees_close(sharded.state.params, one.state.params)
     np.testing.assert_allclose(sharded.losses, one.losses, rtol=RTOL)
     assert sharded.params.loc["z"].sharding.spec == PartitionSpec("batch")
-    # device b's share of the batch comes from its own rows, without repeats
+    # device b's share of the batch comes from its own rows, without repeats: the
+    # fit's epoch cursors (one permutation per block, O(batch) a step) ...
     sites = sharded.params.sites
+    rows = np.asarray(batch_indices(sharded.state.subsample, sites.plates, {"data": 8})["data"])
+    assert (rows.reshape(8, B // 8) // (N // 8) == np.arange(8)[:, None]).all()
+    assert len(set(rows.tolist())) == B
+    # ... and the loss's own stratified draw (the loss called outside fit)
     for seed in range(5):
         rows = np.asarray(draw_indices(sites.plates, jax.random.PRNGKey(seed), blocks={"data": 8})["data"])
         per_device = rows.reshape(8, B // 8)

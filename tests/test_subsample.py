@@ -70,13 +70,13 @@ def test_a_permutation_of_a_prime_size_looks_shuffled():
     assert abs(first.mean() - last.mean()) < 0.02 * perm.size
 
 
-def _visits(size, batch, steps):
+def _visits(size, batch, steps, blocks=None):
     plates = (PlateFrame("data", size, batch, -1),)
     state = init_subsample(plates, jax.random.PRNGKey(0))
 
     def step(state):
-        state, rows = next_batch(state, plates)
-        return advance(state, plates), rows["data"]
+        state, rows = next_batch(state, plates, blocks)
+        return advance(state, plates, blocks=blocks), rows["data"]
 
     step = jax.jit(step)
     out = []
@@ -94,6 +94,25 @@ def test_every_row_once_per_epoch():
     assert len({e.tobytes() for e in epochs}) == 5  # a new order each epoch
     # the last batch is used up; the next step starts epoch 5
     assert int(state.plates["data"].epoch) == 4 and int(state.plates["data"].offset) == N
+
+
+def test_a_plate_drawn_in_blocks_visits_each_blocks_rows_once_per_epoch():
+    """A plate split over k devices (sharded): block b of every batch is rows of
+    block b of the plate, each block its own permutation, every row once an epoch."""
+    size, batch, k = 4000, 400, 4
+    per_block, take = size // k, batch // k
+    rows, state = _visits(size, batch, 3 * (per_block // take), blocks={"data": k})
+    by_block = rows.reshape(3, per_block // take, k, take)  # epoch, step, block, row
+    for b in range(k):
+        assert (by_block[:, :, b] // per_block == b).all()  # device b's share: its own rows
+    for epoch in by_block:
+        np.testing.assert_array_equal(np.sort(epoch.reshape(-1)), np.arange(size))
+    assert len({e.tobytes() for e in by_block}) == 3  # a new order each epoch
+    local = by_block[0, :, :, :] % per_block  # blocks do not share one order
+    assert len({local[:, b].tobytes() for b in range(k)}) == k
+    assert int(state.plates["data"].epoch) == 2 and int(state.plates["data"].offset) == per_block
+    with pytest.raises(ValueError, match="cannot be drawn in 3 equal blocks"):
+        _visits(size, batch, 1, blocks={"data": 3})
 
 
 @pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
