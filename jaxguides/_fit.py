@@ -435,25 +435,34 @@ class _Pacer:
     not dominated by the chunks' fixed cost (dispatch, the loop's entry, the
     host sync: ~0.3 ms each on a 2-core CPU) and the bar still moves a few times
     a second. The first chunk's time includes that fixed cost, so the estimate
-    errs towards shorter chunks. The count is a runtime argument of the
-    compiled chunk, not part of its compilation; results do not depend on it.
-    Across processes (``jax.distributed``) every process must pass the same
-    count, so there chunks keep a fixed length of about 2% of the run."""
+    errs towards shorter chunks. A fit of a chunk that an earlier fit has run
+    (same model, guide, optimizer, shapes: ``rate``, its seconds per step)
+    starts at that rate's length instead, with no 64-step probe. The count is
+    a runtime argument of the compiled chunk, not part of its compilation;
+    results do not depend on it. Across processes (``jax.distributed``) every
+    process must pass the same count, so there chunks keep a fixed length of
+    about 2% of the run."""
 
-    def __init__(self, num_steps: int, chunk_size: int | None, length: int):
-        self.length = length
+    def __init__(self, num_steps: int, chunk_size: int | None, length: int, rate: float | None = None):
+        self.length, self.rate = length, rate
         self.fixed = chunk_size is not None or jax.process_count() > 1
         if chunk_size is None and self.fixed:
             self.steps = _default_chunk(num_steps)
+        elif chunk_size is not None:
+            self.steps = length
         else:
-            self.steps = length if chunk_size is not None else _FIRST_CHUNK
+            self.steps = _FIRST_CHUNK if rate is None else self._steps_for(rate)
         self.steps = min(self.steps, length)
+
+    def _steps_for(self, rate: float) -> int:
+        return max(1, min(int(_CHUNK_SECONDS / max(rate, 1e-9)), self.length))
 
     def update(self, done: int, seconds: float) -> None:
         if self.fixed or done < 1:
             return
-        want = int(_CHUNK_SECONDS * done / max(seconds, 1e-6))
-        self.steps = max(1, min(want, self.length))
+        if done >= _FIRST_CHUNK:  # a shorter chunk's time is mostly its fixed cost
+            self.rate = seconds / done
+        self.steps = self._steps_for(seconds / done)
 
 
 def _check_init(guide: Any, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -592,7 +601,7 @@ def fit(
     init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     resuming = checkpoint is not None and os.path.exists(checkpoint)
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
-    first = seen not in _COMPILED  # then compile the chunk ahead, beside init
+    first = seen not in _SEEN  # then compile the chunk ahead, beside init
     ahead = (
         _compile_ahead(init, chunk_static, rng_key, end, dynamic) if first and layout is None and not resuming else None
     )
@@ -607,11 +616,11 @@ def fit(
         n = min(len(saved), num_steps)
         losses[:n] = saved[:n]
     run = functools.partial(_run_chunk, **chunk_static)
-    if first and len(_COMPILED) < 4096:
-        _COMPILED.add(seen)
     step = int(state.step) if resuming else 0  # init starts at 0: no wait for it before the first chunk
     last_saved = step
-    pacer = _Pacer(num_steps, chunk_size, length)
+    if first and len(_SEEN) < 4096:
+        _SEEN[seen] = None
+    pacer = _Pacer(num_steps, chunk_size, length, _SEEN.get(seen))
     with tqdm(total=num_steps, initial=min(step, num_steps), disable=not progress_bar, desc="fit") as bar:
         while step < num_steps:
             stop = min(step + pacer.steps, num_steps)
@@ -638,6 +647,8 @@ def fit(
             bar.update(done)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
         _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
+    if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
+        _SEEN[seen] = pacer.rate
     return FitResult(state.params, losses, state, skipped)
 
 
@@ -678,7 +689,9 @@ def _compile_ahead(
     return _COMPILER.submit(compile_quietly)
 
 
-_COMPILED: set[Any] = set()  # (guide, chunk's static args, argument avals) fit has compiled
+# (guide, chunk's static args, argument avals) fit has compiled -> the chunk's
+# last measured seconds per step (None until a chunk of >= 64 steps has run)
+_SEEN: dict[Any, float | None] = {}
 
 
 def _avals(tree: Any) -> tuple[Any, ...]:

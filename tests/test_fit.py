@@ -252,9 +252,11 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     """By default the first chunk has 64 steps and later ones aim at ~0.25 s of
     work (at most 4,096 steps): a fast step is not dominated by the chunks' fixed
     cost, so the second chunk jumps straight there rather than growing by steps.
-    Any run length uses the same compilation."""
+    A later fit of the same chunk starts at the rate measured, without the
+    64-step probe. Any run length uses the same compilation."""
     from jaxguides import _fit
 
+    monkeypatch.setattr(_fit, "_SEEN", {})  # as in a fresh process: no rate known
     real, sizes = _fit._run_chunk, []
 
     def spy(state, end, dynamic, **static):
@@ -268,8 +270,10 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     assert max(sizes) <= 4096
     assert sizes[1] > 4 * sizes[0]  # a step of microseconds: 64 steps take ~1 ms, far under 0.25 s
     before = real._cache_size()
+    sizes.clear()
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 777, YC, progress_bar=False)
     assert real._cache_size() == before
+    assert sizes == [777]  # the rate is known: one chunk, no probe
 
 
 def test_final_checkpoint_written_once(tmp_path, monkeypatch):
