@@ -527,8 +527,9 @@ def fit(
     """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
 
     Steps run in compiled chunks (a ``lax.while_loop``) of ``chunk_size``
-    steps; by default the first chunk has 64 steps and later ones about 0.25 s
-    of work each (at most 4,096 steps), one compilation for any run length.
+    steps; by default the first chunk has 64 steps (none if an earlier fit ran
+    this chunk: its rate is known) and later ones about 0.25 s of work each
+    (at most 4,096 steps), one compilation for any run length.
     The progress bar shows the mean loss of the last chunk. Compilation is cached per (model, guide, loss,
     optimizer, argument shapes); an optimizer built anew with the same
     settings (``optax.adam(1e-2)`` written inline) counts as the same one.
