@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxguides._sites import PlateFrame
-from jaxguides._subsample import block_sizes
+from jaxguides._subsample import block_sizes, join_blocks
 
 __all__ = [
     "PlateCursor",
@@ -196,7 +196,7 @@ def _rows(cur: PlateCursor, plate: PlateFrame, blocks: int, positions: jax.Array
     local = jax.vmap(lambda b: epoch_rows(cur.key, cur.stream, cur.epoch, positions, per_block, block=b))(
         jnp.arange(blocks, dtype=jnp.int32)
     )
-    return (local + per_block * jnp.arange(blocks, dtype=jnp.int32)[:, None]).reshape(-1)
+    return join_blocks(local, per_block)
 
 
 def next_batch(

@@ -17,7 +17,7 @@ from numpyro import handlers
 
 from jaxguides._sites import LatentSite, PlateFrame
 
-__all__ = ["block_sizes", "draw_indices", "gather_rows", "plate_scale", "user_plate_indices"]
+__all__ = ["block_sizes", "draw_indices", "join_blocks", "gather_rows", "plate_scale", "user_plate_indices"]
 
 Indices = dict[str, jax.Array]
 
@@ -77,10 +77,17 @@ def block_sizes(plate: PlateFrame, k: int) -> tuple[int, int]:
     return plate.size // k, plate.subsample_size // k
 
 
+def join_blocks(local: jax.Array, rows: int) -> jax.Array:
+    """Plate rows ``int[k * take]`` from each block's own rows ``local: int[k, take]``
+    (block ``b`` holds the plate's rows ``[b rows, (b+1) rows)``), block by block."""
+    return (local + rows * jnp.arange(local.shape[0], dtype=local.dtype)[:, None]).reshape(-1)
+
+
 def _block_choice(key: jax.Array, plate: PlateFrame, k: int) -> jax.Array:
     rows, take = block_sizes(plate, k)
-    local = jax.vmap(lambda b: jax.random.choice(b, rows, (take,), replace=False))(jax.random.split(key, k))
-    return (local + rows * jnp.arange(k, dtype=local.dtype)[:, None]).reshape(-1)
+    return join_blocks(
+        jax.vmap(lambda b: jax.random.choice(b, rows, (take,), replace=False))(jax.random.split(key, k)), rows
+    )
 
 
 def gather_rows(site: LatentSite, x: jax.Array, indices: Indices | None, unconstrained: bool = True) -> jax.Array:
