@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from jaxguides._canonical import canonical
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
+from jaxguides._dce import without_dead_code
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
 from jaxguides._errors import CheckpointError, NonFiniteLossError
@@ -293,35 +294,37 @@ def _chunk(
     skip: bool,
     layout: PlateLayout | None = None,
 ) -> _Chunk:
-    args, kwargs = _combine(dynamic, static)
     pin = (lambda s: s) if layout is None else layout.constrain  # same layout in and out
     state = pin(state)
+    start = state.step
+    end = jnp.minimum(end, start + length)  # the loss buffer holds `length` steps
+
+    def update(state: SVIState, dynamic: list[Any]) -> tuple[SVIState, jax.Array, jax.Array]:
+        return _update(loss_fn, optimizer, state, *_combine(dynamic, static))
+
+    update = without_dead_code(update)  # a while body is not pruned by jit: see _dce.py
 
     # A while loop, not a scan of cond(active, step, idle): a step that writes rows in
     # place (sparse_adam) inside a cond branch makes XLA copy every table it writes.
+    # The step count is the loop counter: the loss of step s goes to losses[s - start].
     def active(carry: tuple[Any, ...]) -> jax.Array:
-        i, state, bad, _, _ = carry
-        return (i < length) & (state.step < end) & (bad < 0)
+        state, ok, _, _ = carry
+        return (state.step < end) & ok
 
     def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        i, state, bad, skipped, losses = carry
-        new, loss, finite = _update(loss_fn, optimizer, state, args, kwargs)
+        state, ok, skipped, losses = carry
+        new, loss, finite = update(state, dynamic)
         if skip:
             skipped = skipped + (~finite).astype(jnp.int32)
         else:  # stop: keep the last finite state exactly as it was (_update kept the rest)
-            bad = jnp.where(finite, bad, state.step)
+            ok = finite
             new = new._replace(step=jnp.where(finite, new.step, state.step))
-        losses = losses.at[i].set(loss.astype(jnp.float32))  # float64 under x64
-        return i + 1, pin(new), bad, skipped, losses
+        losses = losses.at[state.step - start].set(loss.astype(jnp.float32))  # float64 under x64
+        return pin(new), ok, skipped, losses
 
-    init = (
-        jnp.zeros((), jnp.int32),
-        state,
-        jnp.array(-1, jnp.int32),
-        jnp.array(0, jnp.int32),
-        jnp.full((length,), jnp.nan, jnp.float32),
-    )
-    _, state, bad, skipped, losses = jax.lax.while_loop(active, body, init)
+    init = (state, jnp.array(True), jnp.array(0, jnp.int32), jnp.full((length,), jnp.nan, jnp.float32))
+    state, ok, skipped, losses = jax.lax.while_loop(active, body, init)
+    bad = jnp.where(ok, -1, state.step)  # a stopped chunk stands at its non-finite step
     if layout is not None:
         losses, bad, skipped = layout.constrain_replicated((losses, bad, skipped))
     return _Chunk(pin(state), losses, bad, skipped)
