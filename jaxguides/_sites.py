@@ -252,6 +252,8 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
     # Eager where the value and the bounds are concrete, even while jit traces init. A value
     # as a jax array meets bounds traced under jit (array model args) without a numpy function;
     # the answer is then traced too, and left to check_init_values, run outside jit.
+    if not _is_concrete(value):  # a drawn value (traced under jit): the answer would be traced
+        return  # too, and evaluating the support's constant parts eagerly compiles op by op
     with jax.ensure_compile_time_eval():
         inside = fn.support(jnp.asarray(value))
         unconstrained = biject_to(fn.support).inv(value)

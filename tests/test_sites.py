@@ -238,3 +238,22 @@ def test_init_works_under_jit_and_gives_the_same_description():
     assert jitted.sites == eager.sites
     for name in eager.sites.names:
         np.testing.assert_allclose(jitted.loc[name], eager.loc[name], rtol=1e-6, atol=1e-6)
+
+
+def test_a_drawn_init_value_is_left_to_the_compiled_program(monkeypatch):
+    # Under jit a drawn init value is traced, so whether it lies in the support is
+    # traced too and cannot raise here; evaluating the support's constant parts
+    # eagerly anyway compiled one tiny program per op (~0.7 s for an LKJ, simplex
+    # and positive model in a fresh process). A concrete value is still checked.
+    from jaxguides import _sites
+
+    evaluated = []
+    real = _sites.biject_to
+    monkeypatch.setattr(_sites, "biject_to", lambda support: evaluated.append(support) or real(support))
+    fn = dist.LKJCholesky(3, 1.0)
+    jax.make_jaxpr(lambda v: _sites._check_init_value("L", fn, v) or v)(jnp.eye(3))
+    assert evaluated == []
+    _sites._check_init_value("L", fn, jnp.eye(3))
+    assert len(evaluated) == 1
+    with pytest.raises(jg.SiteError, match="outside its support"):
+        _sites._check_init_value("L", fn, 2.0 * jnp.eye(3))
