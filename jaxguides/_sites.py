@@ -292,7 +292,9 @@ def trace_model(
         SiteError: a discrete or bijection-less latent, or a bad init value.
         ModelTraceError: the model itself raised; names the last site reached.
     """
-    return _describe(model, _run_checked(model, rng_key, args, kwargs, init_loc_fn))
+    at_zero: dict[str, jax.Array] = {}
+    trace = _run_checked(model, rng_key, args, kwargs, init_loc_fn, at_zero)
+    return _describe(model, trace, at_zero)
 
 
 def check_init_values(
@@ -324,11 +326,14 @@ def _run_checked(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     init_loc_fn: Callable[..., Any],
+    at_zero: dict[str, jax.Array] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The model's trace under ``init_loc_fn``, each latent site checked as it is reached."""
+    """The model's trace under ``init_loc_fn``, each latent site checked as it is reached
+    (``at_zero``, if given, collects the sites that start at 0 in unconstrained space)."""
     _check_signature(model, args, kwargs)
     guard = _SiteGuard(handlers.seed(model, rng_key))
-    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=_without_draws(init_loc_fn)))
+    substitute_fn = _without_draws(init_loc_fn, {} if at_zero is None else at_zero)
+    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=substitute_fn))
     try:
         return tracer.get_trace(*args, **kwargs)
     except (SiteError, ModelTraceError):
@@ -343,27 +348,31 @@ def _run_checked(
         ) from err
 
 
-def _without_draws(init_loc_fn: Callable[..., Any]) -> Callable[..., Any]:
+def _without_draws(init_loc_fn: Callable[..., Any], at_zero: dict[str, jax.Array]) -> Callable[..., Any]:
     """``init_loc_fn``, except that ``init_to_feasible`` (``init_to_uniform`` with
     radius 0) gives its value without drawing: ``Uniform(-0, 0)`` is 0 whatever
     the key, so the site starts at ``biject_to(support)(0)``, the value NumPyro
-    gives, and a compiled ``init`` needs no random-number code at all."""
+    gives, and a compiled ``init`` needs no random-number code at all. Such a
+    site's unconstrained value, 0, goes to ``at_zero``: no round trip through
+    the bijection's inverse (which, for an LKJ or simplex site, made a compiled
+    ``init`` slow to build; NumPyro's round trip gives 0 up to rounding)."""
     radius = 0 if init_loc_fn is init_to_feasible else None
     if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_uniform and not init_loc_fn.args:
         radius = init_loc_fn.keywords.get("radius", 2)
     if radius != 0:
         return init_loc_fn
 
-    def at_zero(site: dict[str, Any]) -> Any:
+    def start_at_zero(site: dict[str, Any]) -> Any:
         if site["type"] != "sample" or site["is_observed"] or site["value"] is not None:
             return init_loc_fn(site)
         if site["fn"].support.is_discrete:
             return init_loc_fn(site)
         transform = biject_to(site["fn"].support)
         shape = site["kwargs"].get("sample_shape", ()) + transform.inverse_shape(site["fn"].shape())
-        return transform(jnp.zeros(shape))
+        at_zero[site["name"]] = zero = jnp.zeros(shape)
+        return transform(zero)
 
-    return at_zero
+    return start_at_zero
 
 
 def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -378,7 +387,7 @@ def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: d
 
 
 def _describe(
-    model: Callable[..., Any], trace: dict[str, dict[str, Any]]
+    model: Callable[..., Any], trace: dict[str, dict[str, Any]], at_zero: dict[str, jax.Array]
 ) -> tuple[ModelSites, dict[str, jax.Array], dict[str, tuple[jax.Array, ...]]]:
     full_sizes = {n: s["args"][0] for n, s in trace.items() if s["type"] == "plate"}
     plate_dims: dict[str, int] = {}
@@ -406,7 +415,7 @@ def _describe(
             (factors if type(site["fn"]).__name__ == "Unit" else observed).append(name)
             continue
         fn, value = site["fn"], site["value"]  # checked by _SiteGuard when the site was reached
-        unconstrained = biject_to(fn.support).inv(value)
+        unconstrained = at_zero[name] if name in at_zero else biject_to(fn.support).inv(value)
         event_dim = fn.event_dim
         u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
         frames = list(site["cond_indep_stack"])
