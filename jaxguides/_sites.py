@@ -317,7 +317,7 @@ def check_init_values(
     """
     if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value:
         if init_loc_fn.keywords.get("values"):
-            _run_checked(model, rng_key, args, kwargs, init_loc_fn)
+            _run_checked(model, rng_key, args, kwargs, init_loc_fn, {})
 
 
 def _run_checked(
@@ -326,14 +326,13 @@ def _run_checked(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     init_loc_fn: Callable[..., Any],
-    at_zero: dict[str, jax.Array] | None = None,
+    at_zero: dict[str, jax.Array],
 ) -> dict[str, dict[str, Any]]:
     """The model's trace under ``init_loc_fn``, each latent site checked as it is reached
-    (``at_zero``, if given, collects the sites that start at 0 in unconstrained space)."""
+    (``at_zero`` collects the sites that start at 0 in unconstrained space)."""
     _check_signature(model, args, kwargs)
     guard = _SiteGuard(handlers.seed(model, rng_key))
-    substitute_fn = _without_draws(init_loc_fn, {} if at_zero is None else at_zero)
-    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=substitute_fn))
+    tracer = handlers.trace(handlers.substitute(guard, substitute_fn=_without_draws(init_loc_fn, at_zero)))
     try:
         return tracer.get_trace(*args, **kwargs)
     except (SiteError, ModelTraceError):
