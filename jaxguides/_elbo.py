@@ -27,6 +27,7 @@ from jaxguides._guide import Draw
 from jaxguides._normal import AutoNormal
 from jaxguides._sites import ModelSites, check_continuous
 from jaxguides._subsample import Indices, draw_indices, plate_scale
+from jaxguides._support_checks import skip_real_support_checks
 
 __all__ = ["ELBOLoss", "elbo_loss"]
 
@@ -179,7 +180,8 @@ class ELBOLoss:
         rows = indices if guide_indices is None else guide_indices
         draws: dict[str, Draw] = self.guide.draw(params, k_guide, rows, self.stick_the_landing)
         shapes = {s.name: _subsample_shape(s, indices) for s in sites.latents}
-        model = _ModelGuard(handlers.seed(self.model, k_model), sites, shapes)
+        # the model's real-support checks are left out: the non-finite guard sees what they would
+        model = skip_real_support_checks(_ModelGuard(handlers.seed(self.model, k_model), sites, shapes))
         values = {n: d.value for n, d in draws.items()}
         log_probs, trace = compute_log_probs(model, args, kwargs, {**values, **indices}, sum_log_prob=False)
         elbo = jnp.zeros(())

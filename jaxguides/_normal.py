@@ -26,6 +26,7 @@ from numpyro.infer.initialization import init_to_feasible
 from jaxguides._guide import Draw, GuideBase
 from jaxguides._sites import LatentSite, ModelSites, is_identity, trace_model
 from jaxguides._subsample import Indices, gather_rows, plate_scale
+from jaxguides._support_checks import without_real_support_check
 
 __all__ = ["AutoNormal", "AutoNormalParams"]
 
@@ -219,7 +220,8 @@ class AutoNormal(GuideBase):
         stopped-gradient params (the path-derivative estimator).
         """
         sites = self.check_params(params)
-        qs = [self._site_dist(site, params, indices) for site in sites.latents]
+        # a real-support check only turns a non-finite draw's NaN density into -inf: the guard sees both
+        qs = [without_real_support_check(self._site_dist(site, params, indices)) for site in sites.latents]
         normals = [_base_normal(q) for q in qs]
         out = {}
         for site, q, normal, eps in zip(
@@ -228,7 +230,11 @@ class AutoNormal(GuideBase):
             normals,
             _standard_normals(rng_key, [n.batch_shape for n in normals], [jnp.result_type(n.loc) for n in normals]),
         ):
-            score = self._site_dist(site, params, indices, stop_gradient=True) if stick_the_landing else q
+            score = (
+                without_real_support_check(self._site_dist(site, params, indices, stop_gradient=True))
+                if stick_the_landing
+                else q
+            )
             x = normal.loc + eps * normal.scale  # Normal.rsample's own formula, with this site's share of the draw
             if isinstance(q, dist.TransformedDistribution):
                 value, intermediates = _push_forward(q, x)
