@@ -333,12 +333,15 @@ def _chunk(
 _STATIC = ("loss_fn", "optimizer", "static", "length", "skip", "layout")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+# The state is donated: fit hands each chunk a state only it holds (init's, a
+# checkpoint's, the last chunk's), so XLA updates it in place, with no copy of
+# params and optimizer state into the loop (and no second copy of them in memory).
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=0)
 def _run_chunk(state: SVIState, end: jax.Array, dynamic: list[Any], **static: Any) -> _Chunk:
     return _chunk(state, end, dynamic, **static)
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_args"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_args"), donate_argnums=0)
 def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched_args: bool, **static: Any) -> _Chunk:
     run = functools.partial(_chunk, **static)
     return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)  # type: ignore[call-arg]
