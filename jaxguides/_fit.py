@@ -123,12 +123,18 @@ def _usable(grads: Any) -> jax.Array:
 
     Adam-family optimizers square the gradient: a finite gradient whose square
     overflows (|g| > 1.8e19 in float32) would leave ``nu = inf`` in the optimizer
-    state for good. ``max |g|`` is NaN if any element is, and its square
-    overflows if any element's does: one reduction per leaf that XLA fuses with
-    its input, no boolean array in between (a pass over a million-row table less).
+    state for good. ``g * g * 0`` is 0 where ``g**2`` is finite and NaN where ``g``
+    is NaN or infinite or its square overflows, so its sum is finite exactly when
+    the step is usable. A sum, not a ``max |g|``: XLA:CPU vectorises it (a NaN-
+    propagating max it does not); leaves of one shape and dtype are added first,
+    so each gets one reduction (hierarchical K=1,000 AutoDelta: 4.6 -> 3.9 µs a step).
     """
-    peaks = [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(grads) if x.size]
-    return jnp.isfinite(jnp.max(jnp.stack(peaks)) ** 2) if peaks else jnp.array(True)
+    by_shape: dict[tuple[Any, ...], jax.Array] = {}
+    for x in jax.tree.leaves(grads):
+        if x.size:
+            key = (x.shape, x.dtype)
+            by_shape[key] = by_shape[key] + x * x * 0 if key in by_shape else x * x * 0
+    return jnp.isfinite(sum(jnp.sum(z) for z in by_shape.values())) if by_shape else jnp.array(True)
 
 
 def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -517,6 +517,40 @@ def test_nonfinite_skip_intermittent_matches_low_level_step():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def two_vectors(pull_a, pull_b):
+    a = numpyro.sample("a", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+    b = numpyro.sample("b", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+    numpyro.factor("pull", jnp.sum(pull_a * a) + jnp.sum(pull_b * b))  # d loss / d b = -pull_b
+
+
+@pytest.mark.parametrize(
+    "pull, usable",
+    [
+        (1e18, True),  # large, and so is its square (1e36): Adam can take it
+        (1e20, False),  # finite, but its square overflows float32: Adam's nu would be inf for good
+        (np.inf, False),
+        (-np.inf, False),
+        (np.nan, False),
+    ],
+)
+def test_one_bad_gradient_element_refuses_the_whole_step(pull, usable):
+    """Two sites of one shape, one element of one of them bad: the step is refused
+    (params and Adam's moments as they were) exactly when that element or its square
+    is not finite, whatever the loss says."""
+    guide = jg.AutoDelta(two_vectors, init_loc_fn=jg.init_to_feasible)
+    algo = jg.svi(two_vectors, guide, optax.adam(0.1))
+    pull_a, pull_b = jnp.ones(3), jnp.array([0.0, 0.0, 0.0]).at[1].set(pull)
+    state = algo.init(jax.random.PRNGKey(0), pull_a, pull_b)
+    new, loss = jax.jit(algo.step)(state, pull_a, pull_b)
+    assert int(new.step) == 1
+    moved = not np.allclose(np.asarray(new.params.loc["a"]), np.asarray(state.params.loc["a"]))
+    assert moved == usable
+    if usable:
+        assert np.isfinite(loss) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new.opt_state))
+    else:
+        _equal((new.params, new.opt_state), (state.params, state.opt_state))
+
+
 # ---- fit_many -------------------------------------------------------------------------------
 def test_fit_many_seeds_equal_single_fits():
     guide, optimizer, steps = jg.AutoNormal(conjugate), optax.adam(0.05), 150
