@@ -132,8 +132,8 @@ def _usable(grads: Any) -> jax.Array:
     by_shape: dict[tuple[Any, ...], jax.Array] = {}
     for x in jax.tree.leaves(grads):
         if x.size:
-            key = (x.shape, x.dtype)
-            by_shape[key] = by_shape[key] + x * x * 0 if key in by_shape else x * x * 0
+            key, zero_or_nan = (x.shape, x.dtype), x * x * 0
+            by_shape[key] = by_shape[key] + zero_or_nan if key in by_shape else zero_or_nan
     return jnp.isfinite(sum(jnp.sum(z) for z in by_shape.values())) if by_shape else jnp.array(True)
 
 
