@@ -28,6 +28,7 @@ from jaxguides._normal import AutoNormal
 from jaxguides._sites import ModelSites, check_continuous
 from jaxguides._subsample import Indices, draw_indices, plate_scale
 from jaxguides._support_checks import skip_real_support_checks
+from jaxguides._total import total
 
 __all__ = ["ELBOLoss", "elbo_loss"]
 
@@ -184,19 +185,20 @@ class ELBOLoss:
         model = skip_real_support_checks(_ModelGuard(handlers.seed(self.model, k_model), sites, shapes))
         values = {n: d.value for n, d in draws.items()}
         log_probs, trace = compute_log_probs(model, args, kwargs, {**values, **indices}, sum_log_prob=False)
-        elbo = jnp.zeros(())
+        # every term elementwise, summed by `total`: one reduction per shape (a plate's sites share one)
+        terms = []
         for name, log_prob in log_probs.items():
             if name not in draws:  # observed sites and factors
-                elbo = elbo + jnp.sum(log_prob)
+                terms.append(log_prob)
                 continue
             same_weight = _same_scale(trace[name]["scale"], plate_scale(sites[name], indices))
             kl = _analytic_kl(draws[name].dist, trace[name]["fn"]) if self.mean_field and same_weight else None
             if kl is None:
-                elbo = elbo + jnp.sum(log_prob) - draws[name].log_prob
+                terms += [log_prob, -draws[name].log_prob]
             else:
                 scale = trace[name]["scale"]
-                elbo = elbo - jnp.sum(kl if scale is None else scale * kl)
-        return elbo
+                terms.append(-kl if scale is None else -scale * kl)
+        return total(terms)
 
 
 def elbo_loss(

@@ -49,6 +49,7 @@ from jaxguides._errors import CheckpointError, NonFiniteLossError
 from jaxguides._sharding import PlateLayout, gather, place, shard_args
 from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
 from jaxguides._subsample import Indices, draw_indices, user_plate_indices
+from jaxguides._total import total
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -126,15 +127,10 @@ def _usable(grads: Any) -> jax.Array:
     state for good. ``g * g * 0`` is 0 where ``g**2`` is finite and NaN where ``g``
     is NaN or infinite or its square overflows, so its sum is finite exactly when
     the step is usable. A sum, not a ``max |g|``: XLA:CPU vectorises it (a NaN-
-    propagating max it does not); leaves of one shape and dtype are added first,
-    so each gets one reduction (hierarchical K=1,000 AutoDelta: 4.6 -> 3.9 µs a step).
+    propagating max it does not), and :func:`total` gives leaves of one shape and
+    dtype one reduction (hierarchical K=1,000 AutoDelta: 4.6 -> 3.9 µs a step).
     """
-    by_shape: dict[tuple[Any, ...], jax.Array] = {}
-    for x in jax.tree.leaves(grads):
-        if x.size:
-            key, zero_or_nan = (x.shape, x.dtype), x * x * 0
-            by_shape[key] = by_shape[key] + zero_or_nan if key in by_shape else zero_or_nan
-    return jnp.isfinite(sum(jnp.sum(z) for z in by_shape.values())) if by_shape else jnp.array(True)
+    return jnp.isfinite(total(x * x * 0 for x in jax.tree.leaves(grads)))
 
 
 def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

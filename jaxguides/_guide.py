@@ -33,8 +33,10 @@ class Draw(NamedTuple):
 
     Attributes:
         value: constrained value for the current subsample.
-        log_prob: guide log density of ``value``, summed and scaled by
-            ``size / subsample_size`` of the site's subsampled plates.
+        log_prob: guide log density of ``value``, per element of the site's
+            batch shape (unsummed, so the ELBO sums it with the model's terms of
+            the same shape), scaled by ``size / subsample_size`` of the site's
+            subsampled plates.
         dist: the guide's distribution of the site (constrained space, over the
             current subsample), for analytic KL terms.
     """

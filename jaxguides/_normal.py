@@ -242,7 +242,7 @@ class AutoNormal(GuideBase):
             else:
                 value = x
                 lp = score.log_prob(value)
-            out[site.name] = Draw(value, plate_scale(site, indices) * jnp.sum(lp), q)
+            out[site.name] = Draw(value, plate_scale(site, indices) * lp, q)
         return out
 
 
