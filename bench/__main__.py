@@ -1,5 +1,7 @@
 """``python -m bench``: the side-by-side benchmark (see ``bench/run.py``);
-``python -m bench sparse``: dense against row-sparse Adam (see ``bench/sparse.py``)."""
+``python -m bench sparse``: dense against row-sparse Adam (see ``bench/sparse.py``);
+``python -m bench roofline``: the hierarchical step against the memory-bandwidth
+roofline (see ``bench/roofline.py``)."""
 
 import os
 import sys
@@ -9,6 +11,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 if len(sys.argv) > 1 and sys.argv[1] == "sparse":
     from bench.sparse import main
+
+    main(sys.argv[2:])
+elif len(sys.argv) > 1 and sys.argv[1] == "roofline":
+    from bench.roofline import main
 
     main(sys.argv[2:])
 else:
