@@ -16,8 +16,8 @@ a step moves:
 
 The roofline fraction is ``bytes / step time / peak``: with ``--peak-gbs``
 (an H200's HBM: 4,800 GB/s), else the bandwidth of a measured streaming
-kernel (``y = a * x + b`` over 256 MB) on the default device, which on a CPU is
-the honest peak to compare with. Medians over ``--runs`` timed runs of
+kernel (``x = a * x + b`` in place over 256 MB) on the default device, which on
+a CPU is the honest peak to compare with. Medians over ``--runs`` timed runs of
 ``--steps`` steps.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np  # noqa: E402
 
 from bench import impls  # noqa: E402
 from bench.models import HIER  # noqa: E402
+from bench.run import _fmt_time, machine  # noqa: E402
 
 IMPLEMENTATIONS = ("floor", "jg_scan", "jg_fit")
 STREAM_BYTES = 256 * 2**20
@@ -63,7 +63,7 @@ def stream_gbs(repeats: int = 5, passes: int = 10) -> float:
 
 
 def nbytes(tree: Any) -> int:
-    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree)))
+    return int(sum(x.nbytes for x in jax.tree.leaves(tree)))
 
 
 def minimum_bytes(state: Any, arrays: Any) -> int:
@@ -82,18 +82,16 @@ def one_step(impl: Any) -> tuple[Any, tuple[Any, ...], Any]:
     """A single step of a built implementation as ``(fn, args, state)``."""
     if isinstance(impl, impls.Floor):
         return impl.step, (impl.carry, impl.arrays), impl.carry[:2]  # params and Adam state
-    scan = impl if isinstance(impl, impls.JgScan) else None
-    if scan is None:
+    if not isinstance(impl, impls.JgScan):
         raise TypeError(f"no single step for {type(impl).__name__}")
-    algo, rebuild = scan.algo, scan.rebuild
-    state = scan.state
-    return (lambda s, arrs: algo.step(s, *rebuild(arrs))), (state, scan.arrays), (state.params, state.opt_state)
+    algo, rebuild, state = impl.algo, impl.rebuild, impl.state
+    return (lambda s, arrs: algo.step(s, *rebuild(arrs))), (state, impl.arrays), (state.params, state.opt_state)
 
 
 def measure(k: int, guide: str, steps: int, runs: int) -> list[dict[str, Any]]:
     size = {"K": k}
     data = jax.block_until_ready(HIER.data(size))
-    rows, built = [], {}
+    built: dict[str, Any] = {}
     for name in IMPLEMENTATIONS:
         built[name] = impls.build(name, HIER, size, guide, data)
         built[name].run(steps)  # compile this length
@@ -101,21 +99,15 @@ def measure(k: int, guide: str, steps: int, runs: int) -> list[dict[str, Any]]:
     for _ in range(runs):  # interleaved, so drift spreads over all
         for name, impl in built.items():
             times[name].append(float(impl.run(steps)[0][0]))
-    scan = built["jg_scan"]
-    for name in IMPLEMENTATIONS:
-        counted = built["floor"] if name == "floor" else scan  # fit runs jg_scan's step in its own loop
-        fn, args, state = one_step(counted)
-        rows.append(
-            {
-                "K": k,
-                "guide": guide,
-                "impl": name,
-                "step_s": float(np.median(times[name])),
-                "min_bytes": minimum_bytes(state, counted.arrays),
-                "xla_bytes": xla_bytes(fn, *args),
-            }
-        )
-    return rows
+    counts = {}  # fit runs jg_scan's step in its own loop: the same bytes
+    for name in ("floor", "jg_scan"):
+        fn, args, state = one_step(built[name])
+        counts[name] = {"min_bytes": minimum_bytes(state, built[name].arrays), "xla_bytes": xla_bytes(fn, *args)}
+    counts["jg_fit"] = counts["jg_scan"]
+    return [
+        {"K": k, "guide": guide, "impl": name, "step_s": float(np.median(times[name])), **counts[name]}
+        for name in IMPLEMENTATIONS
+    ]
 
 
 def table(rows: list[dict[str, Any]], peak: float, peak_label: str) -> str:
@@ -127,8 +119,8 @@ def table(rows: list[dict[str, Any]], peak: float, peak_label: str) -> str:
     for r in rows:
         t = r["step_s"]
         out.append(
-            f"| {r['K']:,} | {r['guide']} | {r['impl']} | {t * 1e3:,.2f} ms | {r['min_bytes'] / 1e6:,.0f} MB "
-            f"| {r['xla_bytes'] / 1e6:,.0f} MB | {r['min_bytes'] / t / 1e9:,.1f} "
+            f"| {r['K']:,} | {r['guide']} | {r['impl']} | {_fmt_time(t)} | {r['min_bytes'] / 1e6:,.1f} MB "
+            f"| {r['xla_bytes'] / 1e6:,.1f} MB | {r['min_bytes'] / t / 1e9:,.1f} "
             f"| {r['min_bytes'] / t / 1e9 / peak:.0%} | {r['xla_bytes'] / t / 1e9 / peak:.0%} |"
         )
     return "\n".join(out) + f"\n\nPeak: {peak:,.0f} GB/s ({peak_label}).\n"
@@ -156,9 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  K={args.K:,} {guide}: done", file=sys.stderr, flush=True)
     head = (
         f"Command: `python -m bench roofline {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-        f"Started {datetime.datetime.now().isoformat(timespec='seconds')} on {device.platform} "
-        f"({getattr(device, 'device_kind', '?')}), {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"jax {jax.__version__}.\n\n"
+        f"Started {datetime.datetime.now().isoformat(timespec='seconds')}: {machine()}; "
+        f"device {getattr(device, 'device_kind', device.platform)}.\n\n"
     )
     report = head + table(rows, peak, label)
     print(report)
