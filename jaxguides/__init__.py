@@ -21,6 +21,7 @@ from jaxguides._errors import (
     ParamsMismatchError,
     SiteError,
 )
+from jaxguides._guide_list import AutoGuideList, AutoGuideListParams
 from jaxguides._fit import SVI, FitResult, SVIState, fit, fit_many, svi
 from jaxguides._interop import from_numpyro_params, to_numpyro_params
 from jaxguides._normal import AutoNormal, AutoNormalParams
@@ -33,6 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoDelta",
     "AutoDeltaParams",
+    "AutoGuideList",
+    "AutoGuideListParams",
     "AutoNormal",
     "AutoNormalParams",
     "CheckpointError",

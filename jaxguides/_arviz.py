@@ -25,6 +25,7 @@ from numpyro import handlers
 from numpyro.infer import Predictive
 from numpyro.primitives import Messenger
 
+from jaxguides._model_params import model_substitutions
 from jaxguides._guide import _can_call
 from jaxguides._sites import ModelSites
 
@@ -106,10 +107,11 @@ def to_arviz(
             "posterior_predictive=True runs the model, but it cannot be called with these "
             "arguments: pass the model's arguments after rng_key, as given to jg.fit."
         )
-    trace = _trace(guide.model, sites, guide.median(params), args, kwargs) if callable_ else {}
+    fixed = model_substitutions(params)  # the model's own numpyro.param / mutable sites, as fitted
+    trace = _trace(guide.model, sites, {**guide.median(params), **fixed}, args, kwargs) if callable_ else {}
     if posterior_predictive and sites.observed:
         latents = {s.name: draws[s.name][0] for s in sites.latents}
-        predicted = _predict(guide.model, sites, latents, pred_key, int(num_samples), args, kwargs)
+        predicted = _predict(guide.model, sites, latents, fixed, pred_key, int(num_samples), args, kwargs)
         groups["posterior_predictive"] = {k: np.asarray(v)[None] for k, v in predicted.items()}
         observed = {n: np.asarray(trace[n]["value"]) for n in sites.observed if trace[n].get("is_observed")}
         if observed:  # none when the data was left out of the arguments (y=None)
@@ -138,7 +140,7 @@ def _trace(
     kwargs: dict[str, Any],
 ) -> dict[str, Any]:
     """One trace of the model at ``point``, every plate at full size."""
-    point = {s.name: point[s.name] for s in sites.latents}
+    point = {n: point[n] for n in (*sites.names, *(p.name for p in sites.params), *sites.mutable)}
     seeded = handlers.seed(handlers.substitute(model, data={**point, **_full_plates(sites)}), jax.random.PRNGKey(0))
     with warnings.catch_warnings():  # full-size plates warn that they are not subsampled
         warnings.filterwarnings("ignore", message="subsample_size does not match")
@@ -163,16 +165,17 @@ def _predict(
     model: Callable[..., Any],
     sites: ModelSites,
     latents: dict[str, jax.Array],
+    fixed: dict[str, Any],
     rng_key: jax.Array,
     num_samples: int,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> dict[str, jax.Array]:
-    """Draws of the observed sites given each latent draw, ``{site: [num_samples, ...]}``."""
+    """Draws of the observed sites given each latent draw and the model's ``fixed``
+    param and mutable values, ``{site: [num_samples, ...]}``."""
     samples = {**latents, **_full_plates(sites, num_samples)}
-    predictive = Predictive(
-        _Unobserve(model, sites.observed), posterior_samples=samples, return_sites=list(sites.observed)
-    )
+    model = handlers.substitute(_Unobserve(model, sites.observed), data=fixed)
+    predictive = Predictive(model, posterior_samples=samples, return_sites=list(sites.observed))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="subsample_size does not match")
         return predictive(rng_key, *args, **kwargs)

@@ -19,6 +19,7 @@ from jax.typing import ArrayLike
 from numpyro.infer.initialization import init_to_median
 
 from jaxguides._guide import Draw, GuideBase
+from jaxguides._model_params import constrain_params
 from jaxguides._sites import LatentSite, ModelSites, trace_model
 from jaxguides._subsample import Indices, gather_rows, plate_scale
 
@@ -32,17 +33,29 @@ class AutoDeltaParams:
     Attributes:
         loc: ``{site: Array[site.unconstrained_shape]}``: the point in
             unconstrained space; ``guide.median(params)`` maps it into the support.
+        model_params: ``{param site: value}``, the model's own ``numpyro.param``
+            sites, unconstrained, trained with the guide (see ``AutoNormalParams``).
         support: ``{site: tuple of arrays}``, array-valued parameters of the
-            site's support; constant, never trained.
+            support of each latent and model param site; constant, never trained.
+        model_state: ``{mutable site: value}``, the model's ``numpyro.mutable`` state.
         sites: static description of the model's sites (lives in the treedef).
     """
 
     loc: dict[str, jax.Array]
     support: dict[str, tuple[jax.Array, ...]]
     sites: ModelSites
+    model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_param_values(self) -> dict[str, Any]:
+        """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
+        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
-jax.tree_util.register_dataclass(AutoDeltaParams, data_fields=["loc", "support"], meta_fields=["sites"])
+jax.tree_util.register_dataclass(
+    AutoDeltaParams, data_fields=["loc", "model_params", "support", "model_state"], meta_fields=["sites"]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +86,14 @@ class AutoDelta(GuideBase):
 
     def init(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> AutoDeltaParams:
         """Trace the model once; the point starts at ``init_loc_fn``'s value."""
-        sites, locs, support = trace_model(self.model, rng_key, args, kwargs, self.init_loc_fn)
-        return AutoDeltaParams(loc=locs, support=support, sites=sites)
+        traced = trace_model(self.model, rng_key, args, kwargs, self.init_loc_fn)
+        return AutoDeltaParams(
+            loc=traced.locs,
+            support=traced.support,
+            sites=traced.sites,
+            model_params=traced.model_params,
+            model_state=traced.model_state,
+        )
 
     def _point(self, site: LatentSite, params: AutoDeltaParams, indices: Indices | None = None) -> jax.Array:
         transform = site.transform(jax.lax.stop_gradient(params.support[site.name]))

@@ -24,6 +24,7 @@ from numpyro.primitives import Messenger
 from jaxguides._delta import AutoDelta
 from jaxguides._errors import SiteError
 from jaxguides._guide import Draw
+from jaxguides._model_params import model_substitutions
 from jaxguides._normal import AutoNormal
 from jaxguides._sites import ModelSites, check_continuous
 from jaxguides._subsample import Indices, draw_indices, plate_scale
@@ -36,20 +37,33 @@ __all__ = ["ELBOLoss", "elbo_loss"]
 class _ModelGuard(Messenger):
     """Refuse, while tracing, a model whose latent sites do not match params."""
 
-    def __init__(self, fn: Any, sites: ModelSites, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, fn: Any, sites: ModelSites, shapes: dict[str, tuple[int, ...]], blocked: bool = False):
         super().__init__(fn)
         self.sites = sites
         self.shapes = shapes
+        self.blocked = blocked  # the guide's model is the model under handlers.block
+        self._own: dict[str, Any] = {}  # a plate's rows before the ELBO's are substituted
 
     def process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "plate":
             self._check_plate(msg)
+            return
+        if msg["type"] in ("param", "mutable"):
+            self._check_param(msg)
             return
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         name = msg["name"]
         if name not in self.shapes:
             check_continuous(name, msg["fn"])
+            if self.blocked:
+                raise SiteError(
+                    name,
+                    f"the model has a latent site '{name}' that this guide does not cover: its model is "
+                    f"the model under handlers.block, which hides '{name}' (the guide covers "
+                    f"{list(self.sites.names)}). Cover the hidden sites with other guides: "
+                    "jg.AutoGuideList([this guide, jg.AutoNormal(handlers.block(model, expose=[...]))]).",
+                )
             raise SiteError(
                 name,
                 f"the model has a latent site '{name}' that these params do not have "
@@ -66,24 +80,64 @@ class _ModelGuard(Messenger):
                 "new data, or put the data in a subsampled plate.",
             )
 
-    def _check_plate(self, msg: dict[str, Any]) -> None:
-        """A subsampled plate must keep its init-time size and subsample size."""
-        frame = next((p for p in self.sites.plates if p.name == msg["name"]), None)
-        if frame is None:
-            return
-        size, subsample_size = msg["args"]
-        got = (size, size if subsample_size is None else subsample_size)
-        # a plate that is not subsampled is checked through its latents' shapes, site by site
-        if frame.subsampled and got != (frame.size, frame.subsample_size):
-            local = [s.name for s in self.sites.latents if any(f.name == frame.name for f in s.plates)]
+    def _check_param(self, msg: dict[str, Any]) -> None:
+        """A param or mutable site the params do not hold would run on its init value."""
+        known = {p.name for p in self.sites.params} if msg["type"] == "param" else set(self.sites.mutable)
+        if msg["name"] not in known:
+            kind = "numpyro.param" if msg["type"] == "param" else "numpyro.mutable"
             raise SiteError(
-                local[0] if local else frame.name,
-                f"plate '{frame.name}' has size {got[0]} (subsample {got[1]}) for these args, but "
-                f"size {frame.size} (subsample {frame.subsample_size}) at guide.init"
-                + (f"; its latent sites {local} have params of the init size" if local else "")
-                + ". Call guide.init with the new data (or keep the plate's size and subsample_size).",
+                msg["name"],
+                f"the model has a {kind} site '{msg['name']}' that these params do not have "
+                f"(params are for {self.sites.model}, whose {kind} sites are {sorted(known)}); "
+                "the model changed or the params are of another model: call guide.init again.",
             )
 
+    def _check_plate(self, msg: dict[str, Any]) -> None:
+        """Note the rows a plate of the params had before the ELBO's rows are
+        substituted (``None``, or the rows an inner handler gave it, or all of
+        them when it asks for all): :meth:`postprocess_message` needs them."""
+        if any(p.name == msg["name"] for p in self.sites.plates):
+            self._own[msg["name"]] = msg["value"]
+
+    def postprocess_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "plate" and msg["name"] in self._own:
+            self._plate_rows(msg, self._own.pop(msg["name"]))
+
+    def _plate_rows(self, msg: dict[str, Any], own: Any) -> None:
+        """Keep the ELBO's rows of a plate where they are the rows the model asks for.
+
+        The guide and the model share a plate's rows only where the guide has
+        latent sites in it: there the rows the guide used must be the ones the
+        model asks for (same size; as many rows as its subsample_size, or any
+        when it names none and ``create_plates`` chose them), else the call is
+        refused (the params are of the init size). A plate of observed sites
+        only takes the ELBO's rows while it asks for what ``guide.init`` saw;
+        otherwise (the full data, another subsample size or size, rows the
+        model fixes itself) it keeps its own, as NumPyro's guides leave such a
+        plate to the model (numpyro#1739).
+        """
+        frame = next(p for p in self.sites.plates if p.name == msg["name"])
+        size, asked = msg["args"]
+        fixed_by_model = own is not None and asked is not None and asked != size
+        rows = msg["value"]
+        n = rows.shape[0]
+        usable = size == frame.size and (n == asked if asked is not None else n == size or not frame.subsampled)
+        local = [s.name for s in self.sites.latents if any(f.name == frame.name for f in s.plates)]
+        if local and not usable:
+            got = f"plate '{frame.name}' has size {size} (subsample {size if asked is None else asked}) for these args"
+            raise SiteError(
+                local[0],
+                f"{got}, but size {frame.size} at guide.init; its latent sites {local} have params of the "
+                "init size. Call guide.init with the new data."
+                if size != frame.size
+                else f"{got}, but the guide gives its latent sites {local} {n} rows (size {frame.size}, subsample "
+                f"{frame.subsample_size} at guide.init). Keep the plate's subsample_size (or call guide.init "
+                "with the new one), or pass create_plates returning this plate with the rows to use "
+                f"(numpyro.plate('{frame.name}', {size}) for all of them).",
+            )
+        if local or (usable and not fixed_by_model):
+            return
+        msg["value"] = own if own is not None else msg["fn"](*msg["args"], **msg["kwargs"])
 
 def _subsample_shape(site: Any, indices: Indices) -> tuple[int, ...]:
     shape = list(site.shape)
@@ -149,20 +203,37 @@ class ELBOLoss:
         to the batch (``subsample_size`` rows), with ``guide_indices`` =
         ``arange(subsample_size)``, while the model still sees ``indices``.
         """
+        return self.evaluate_with_state(params, rng_key, args, kwargs, indices, guide_indices)[0]
+
+    def evaluate_with_state(
+        self,
+        params: Any,
+        rng_key: jax.Array,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        indices: Indices | None = None,
+        guide_indices: Indices | None = None,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """``(negative ELBO, the model's numpyro.mutable state after this run)``.
+
+        The state is ``{}`` for a model without mutable sites. With several
+        particles it is the first particle's (NumPyro's SVI keeps none then).
+        """
         kwargs = kwargs or {}
         sites = self.guide.check_params(params)
 
-        def particle(key: jax.Array) -> jax.Array:
+        def particle(key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
             return self._particle_elbo(params, sites, key, args, kwargs, indices, guide_indices)
 
         if self.num_particles == 1:  # the key itself, as NumPyro's Trace_ELBO (one threefry call less)
-            return -particle(rng_key)
+            elbo, state = particle(rng_key)
+            return -elbo, state
         keys = jax.random.split(rng_key, self.num_particles)
         if self.vectorize_particles:
-            elbos = jax.vmap(particle)(keys)
+            elbos, states = jax.vmap(particle)(keys)
         else:
-            elbos = jax.lax.map(particle, keys)
-        return -jnp.mean(elbos)
+            elbos, states = jax.lax.map(particle, keys)
+        return -jnp.mean(elbos), jax.tree.map(lambda x: x[0], states)
 
     def _particle_elbo(
         self,
@@ -173,7 +244,7 @@ class ELBOLoss:
         kwargs: dict[str, Any],
         indices: Indices | None,
         guide_indices: Indices | None = None,
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, dict[str, Any]]:
         k_plates, k_guide, k_model = jax.random.split(key, 3)
         if indices is None:
             blocks = dict(self.subsample_blocks)
@@ -182,9 +253,11 @@ class ELBOLoss:
         draws: dict[str, Draw] = self.guide.draw(params, k_guide, rows, self.stick_the_landing)
         shapes = {s.name: _subsample_shape(s, indices) for s in sites.latents}
         # the model's real-support checks are left out: the non-finite guard sees what they would
-        model = skip_real_support_checks(_ModelGuard(handlers.seed(self.model, k_model), sites, shapes))
+        blocked = isinstance(self.guide.model, handlers.block) and self.guide.model is not self.model
+        model = skip_real_support_checks(_ModelGuard(handlers.seed(self.model, k_model), sites, shapes, blocked))
         values = {n: d.value for n, d in draws.items()}
-        log_probs, trace = compute_log_probs(model, args, kwargs, {**values, **indices}, sum_log_prob=False)
+        data = {**values, **indices, **model_substitutions(params)}
+        log_probs, trace = compute_log_probs(model, args, kwargs, data, sum_log_prob=False)
         # every term elementwise, summed by `total`: one reduction per shape (a plate's sites share one)
         terms = []
         for name, log_prob in log_probs.items():
@@ -198,7 +271,7 @@ class ELBOLoss:
             else:
                 scale = trace[name]["scale"]
                 terms.append(-kl if scale is None else -scale * kl)
-        return total(terms)
+        return total(terms), {name: trace[name]["value"] for name in sites.mutable}
 
 
 def elbo_loss(

@@ -30,7 +30,7 @@ import functools
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -42,14 +42,26 @@ from tqdm.auto import tqdm
 
 from jaxguides._canonical import canonical
 from jaxguides._checkpoint import load_checkpoint, save_checkpoint
+from jaxguides._concrete import (
+    Concrete,
+    arg_entries,
+    concretization_error,
+    culprits,
+    explain,
+    leaf_labels,
+    numpy_args,
+    static_leaves,
+)
 from jaxguides._dce import without_dead_code
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides._errors import CheckpointError, NonFiniteLossError
+from jaxguides._errors import CheckpointError, ModelTraceError, NonFiniteLossError
+from jaxguides._optimizers import as_optax
 from jaxguides._sharding import PlateLayout, gather, place, shard_args
 from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
 from jaxguides._subsample import Indices, draw_indices, user_plate_indices
 from jaxguides._total import total
+from jaxguides._trained import trained_part, with_constants
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -94,10 +106,15 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
-def _partition(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], _Static]:
+def _partition(
+    args: tuple[Any, ...], kwargs: dict[str, Any], concrete: set[int] | frozenset[int] = frozenset()
+) -> tuple[list[Any], _Static]:
+    """``(dynamic, static)``: array leaves traced, the rest static; the array
+    leaves at positions ``concrete`` are static too, by value (see ``_concrete.py``)."""
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    dynamic = [x if _is_array(x) else None for x in leaves]
-    static = tuple((i, x) for i, x in enumerate(leaves) if not _is_array(x))
+    traced = [_is_array(x) and i not in concrete for i, x in enumerate(leaves)]
+    dynamic = [x if t else None for x, t in zip(leaves, traced)]
+    static = tuple((i, Concrete(x) if _is_array(x) else x) for i, (x, t) in enumerate(zip(leaves, traced)) if not t)
     try:
         hash(static)
     except TypeError as err:
@@ -106,19 +123,84 @@ def _partition(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any]
 
 
 def _combine(dynamic: list[Any], static: _Static) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    fixed = dict(static.leaves)
+    fixed = {i: x.value if isinstance(x, Concrete) else x for i, x in static.leaves}
     leaves = [fixed[i] if i in fixed else x for i, x in enumerate(dynamic)]
     return jax.tree_util.tree_unflatten(static.treedef, leaves)
 
 
+def _with_concrete_args(
+    name: str,
+    run: Callable[..., Any],
+    model: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    static_argnames: Sequence[int | str],
+) -> Any:
+    """``run(args, kwargs, concrete)`` with the leaves ``static_argnames`` names
+    kept concrete. If tracing the model fails on a traced value, once more with
+    every NumPy array argument concrete too, with a warning; an error that
+    remains names the argument and ``static_argnames``. Such an error is raised
+    while tracing, before any step has run, so the second run starts afresh."""
+    concrete = static_leaves(model, args, kwargs, static_argnames)
+    for attempt in range(2):
+        try:
+            return run(args, kwargs, concrete)
+        except Exception as err:  # noqa: BLE001 - only a concretization error is handled
+            cause = concretization_error(err)
+            if cause is None:
+                raise
+            labels, entries = leaf_labels(model, args, kwargs), arg_entries(model, args, kwargs)
+            leaves = jax.tree.leaves((args, kwargs))
+            traced = [i for i, x in enumerate(leaves) if _is_array(x) and i not in concrete]
+            needed, pinned = culprits(cause, args, kwargs, traced)
+            names = list(dict.fromkeys(labels[i] for i in needed))
+            suggest = tuple(dict.fromkeys(entries[i] for i in needed))
+            numpy_leaves = {i for i in traced if isinstance(leaves[i], (np.ndarray, np.generic))}
+            more = numpy_args(args, kwargs, concrete)
+            if attempt == 1 or not numpy_leaves or (pinned and not numpy_leaves & set(needed)):
+                fix = (
+                    f"Keep it concrete with {name}(..., static_argnames={suggest!r}) (a jax.Array is kept concrete "
+                    "only when named there): its value then keys the compilation, one compilation per distinct value."
+                )
+                site = getattr(err, "site", None)
+                raise ModelTraceError(site, explain(cause, names, pinned, f"{name} traces it", fix)) from cause
+            kept = [labels[i] for i in sorted(numpy_leaves)]
+            warnings.warn(
+                f"{name}: the model needs the concrete value of {', '.join(names)}; it is traced again with the "
+                f"NumPy array arguments {list(dict.fromkeys(kept))} kept concrete (static). Each distinct value of "
+                "them compiles anew, and each is a constant of the compiled program: keep concrete only what the "
+                f"model reads in Python, {name}(..., static_argnames={suggest!r}), which also silences this.",
+                stacklevel=3,
+            )
+            concrete = concrete | static_leaves(model, args, kwargs, more)
+    raise AssertionError("unreachable")
+
+
+def _explained(
+    where: str, model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], err: Exception
+) -> ModelTraceError | None:
+    """When ``err`` is a concretization error about traced model args (``svi``'s
+    ``init`` / ``step`` inside a user's ``jit``, ``vmap``, ``scan``), a
+    ``ModelTraceError`` naming them and the fix; else ``None``."""
+    cause = concretization_error(err)
+    leaves = jax.tree.leaves((args, kwargs))
+    traced = [i for i, x in enumerate(leaves) if isinstance(x, jax.core.Tracer)]
+    if cause is None or not traced:
+        return None
+    fix = (
+        "Keep the data the model reads in Python out of the traced arguments: close over it, e.g. "
+        "jax.jit(lambda state: algo.step(state, *args)) (a NumPy array stays concrete), or use "
+        "jg.fit(..., static_argnames=...)."
+    )
+    needed, pinned = culprits(cause, args, kwargs, traced)
+    names = list(dict.fromkeys(leaf_labels(model, args, kwargs)[i] for i in needed))
+    where = f"it is traced in {where} (under jax.jit, vmap or lax.scan)"
+    explained = ModelTraceError(getattr(err, "site", None), explain(cause, names, pinned, where, fix))
+    explained.__cause__ = cause
+    return explained
+
+
 # ---- one step -----------------------------------------------------------------------
-def _freeze_support(updates: Any) -> Any:
-    """Zero the updates of support data (constant, never trained)."""
-    if dataclasses.is_dataclass(updates) and hasattr(updates, "support"):
-        return dataclasses.replace(updates, support=jax.tree.map(jnp.zeros_like, updates.support))  # type: ignore[type-var]
-    return updates
-
-
 def _usable(grads: Any) -> jax.Array:
     """Every gradient element and its square are finite.
 
@@ -173,38 +255,53 @@ def _update(
     step_key = jax.random.fold_in(state.rng_key, state.step)  # dead code, compiled away, if nothing draws
     sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
     spec, subsample, blocks = None, state.subsample, {}
+    trained, constant = trained_part(state.params)
+
+    def loss_and_state(t: Any, **rows: Any) -> tuple[jax.Array, dict[str, Any]]:
+        """The loss of params ``t`` (trained part) and the model's mutable state after it."""
+        params = with_constants(t, constant)
+        if isinstance(loss_fn, ELBOLoss):
+            return loss_fn.evaluate_with_state(params, step_key, args, kwargs, **rows)
+        return loss_fn(params, step_key, *args, **kwargs), {}
+
     if state.subsample is None and not sparse:  # the loss draws its own rows, if any
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, step_key, *args, **kwargs)
+        (loss, model_state), grads = jax.value_and_grad(loss_and_state, has_aux=True)(trained)
     else:
         if not isinstance(loss_fn, ELBOLoss):
             raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
         blocks = dict(loss_fn.subsample_blocks)
         subsample, indices, step_key = _step_indices(loss_fn, state, step_key, args, kwargs)
-        spec = row_spec(state.params, indices) if sparse else None
+        spec = row_spec(trained, indices) if sparse else None
         if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
             local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}
-
-            def batch_loss(rows: Any) -> jax.Array:
-                return loss_fn.evaluate(rows, step_key, args, kwargs, indices=indices, guide_indices=local)
-
-            loss, grads = jax.value_and_grad(batch_loss)(take_rows(state.params, spec))
+            (loss, model_state), grads = jax.value_and_grad(
+                lambda t: loss_and_state(t, indices=indices, guide_indices=local), has_aux=True
+            )(take_rows(trained, spec))
         else:
             spec = None
-            loss, grads = jax.value_and_grad(lambda p: loss_fn.evaluate(p, step_key, args, kwargs, indices=indices))(
-                state.params
-            )
+            (loss, model_state), grads = jax.value_and_grad(
+                lambda t: loss_and_state(t, indices=indices), has_aux=True
+            )(trained)
     finite = jnp.isfinite(loss) & _usable(grads)
+    if model_state:  # the model's numpyro.mutable state after this step, as it was typed before
+        model_state = jax.tree.map(lambda new, old: jnp.asarray(new, jnp.result_type(old)), model_state, constant["model_state"])
+    updated = {**constant, "model_state": model_state} if model_state else constant
     if spec is None:  # dense: update only on finite steps; a cond, not a select over the whole state
 
-        def commit(params: Any, opt_state: Any) -> tuple[Any, Any]:
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, _freeze_support(updates)), opt_state
+        def commit(t: Any, opt_state: Any, new: Any, old: Any) -> tuple[Any, Any, Any]:
+            updates, opt_state = optimizer.update(grads, opt_state, t)
+            return optax.apply_updates(t, updates), opt_state, new
 
-        params, opt_state = jax.lax.cond(finite, commit, lambda p, o: (p, o), state.params, state.opt_state)
+        def keep(t: Any, opt_state: Any, new: Any, old: Any) -> tuple[Any, Any, Any]:
+            return t, opt_state, old
+
+        trained, opt_state, constant = jax.lax.cond(finite, commit, keep, trained, state.opt_state, updated, constant)
     else:  # row-sparse: the batch's rows are written in place on every step, masked by `finite`
         # (a table written in place inside a cond branch is copied whole by XLA on every step)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, rows=spec, mask=finite)
-        params = apply_rows(state.params, _freeze_support(updates), spec, mask=finite)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trained, rows=spec, mask=finite)
+        trained = apply_rows(trained, updates, spec, mask=finite)
+        constant = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, constant)
+    params = with_constants(trained, constant)
     if subsample is not None:
         subsample = advance(subsample, state.params.sites.plates, finite, blocks)
     return SVIState(params, opt_state, state.rng_key, state.step + 1, subsample), loss, finite
@@ -243,13 +340,26 @@ def svi(
         >>> int(state.step)
         10
     """
+    optimizer = as_optax(optimizer)
     loss_fn = elbo_loss(model, guide) if loss is None else loss
 
     def init(rng_key: jax.Array, *args: Any, **kwargs: Any) -> SVIState:
-        return _init_state(guide, optimizer, rng_key, args, kwargs, loss_fn)
+        try:
+            return _init_state(guide, optimizer, rng_key, args, kwargs, loss_fn)
+        except Exception as err:  # noqa: BLE001 - re-raised, explained if it is about traced args
+            explained = _explained("svi's init", model, args, kwargs, err)
+            if explained is None:
+                raise
+            raise explained from explained.__cause__
 
     def step(state: SVIState, *args: Any, **kwargs: Any) -> tuple[SVIState, jax.Array]:
-        new_state, loss, _ = _update(loss_fn, optimizer, state, args, kwargs)
+        try:
+            new_state, loss, _ = _update(loss_fn, optimizer, state, args, kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised, explained if it is about traced args
+            explained = _explained("svi's step", model, args, kwargs, err)
+            if explained is None:
+                raise
+            raise explained from explained.__cause__
         return new_state, loss
 
     return SVI(init, step)
@@ -274,7 +384,7 @@ def _init_state(
     params = guide.init(init_key, *args, **kwargs)
     plates = _epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
     subsample = init_subsample(plates, rng_key)
-    return SVIState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32), subsample)
+    return SVIState(params, optimizer.init(trained_part(params)[0]), rng_key, jnp.zeros((), jnp.int32), subsample)
 
 
 # ---- compiled chunks ----------------------------------------------------------------
@@ -560,6 +670,7 @@ def fit(
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     shard_plates: dict[str, Any] | None = None,
+    static_argnames: Sequence[int | str] = (),
     **kwargs: Any,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` with ``optimizer`` for ``num_steps`` steps.
@@ -578,6 +689,15 @@ def fit(
         num_steps: total number of steps (a resumed fit runs the remainder).
         *args, **kwargs: the model's arguments (arrays are traced; other values
             are static and key the compilation cache).
+        static_argnames: model arguments kept concrete, for a model that reads
+            data values in Python (``len(np.unique(idx))``, an ``if`` on a
+            value): keyword names, positional parameter names or positions.
+            Their array values become compile-time constants and key the
+            compilation (by bytes, shape and dtype): each distinct value
+            compiles anew, and a large array makes a large program. Without
+            it, a model whose tracing fails on a traced value is traced once
+            more with every NumPy array argument kept concrete, with a warning
+            naming them (``jax.Array`` arguments stay traced: name them here).
         loss: ``loss(params, rng_key, *args, **kwargs)``; default ``elbo_loss``.
         progress_bar: show a tqdm bar.
         checkpoint: path of one checkpoint file. If it exists the fit resumes
@@ -623,11 +743,45 @@ def fit(
         >>> result.losses.shape
         (500,)
     """
+    options = dict(
+        loss=loss,
+        progress_bar=progress_bar,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        on_nonfinite=on_nonfinite,
+        chunk_size=chunk_size,
+        mesh=mesh,
+        shard_plates=shard_plates,
+    )
+    run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
+    return _with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+
+
+def _fit(
+    model: Callable[..., Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_key: jax.Array,
+    num_steps: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    concrete: set[int],
+    *,
+    loss: Callable[..., jax.Array] | None,
+    progress_bar: bool,
+    checkpoint: str | os.PathLike[str] | None,
+    checkpoint_every: int | None,
+    on_nonfinite: str,
+    chunk_size: int | None,
+    mesh: jax.sharding.Mesh | None,
+    shard_plates: dict[str, Any] | None,
+) -> FitResult:
+    """:func:`fit` with the array leaves at ``concrete`` kept concrete."""
     _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
     _check_init(guide, rng_key, args, kwargs)
-    optimizer = canonical(optimizer)  # an equal optimizer built anew reuses the compilation
+    optimizer = canonical(as_optax(optimizer))  # an equal optimizer built anew reuses the compilation
     loss_fn = elbo_loss(model, guide) if loss is None else loss
-    dynamic, static = _partition(args, kwargs)
+    dynamic, static = _partition(args, kwargs, concrete)
     layout = None
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
@@ -763,7 +917,9 @@ def _shard_inputs(
     layout.check(abstract.params.sites)
     args, kwargs = _combine(dynamic, static)
     args, kwargs = shard_args(args, mesh, dict(layout.plates), abstract.params.sites, kwargs=kwargs)
-    return layout, place(rng_key, layout.replicated), _partition(args, kwargs)[0]
+    fixed = {i for i, _ in static.leaves}  # the same leaves as before stay static (concrete ones too)
+    dynamic = [None if i in fixed else x for i, x in enumerate(_partition(args, kwargs)[0])]
+    return layout, place(rng_key, layout.replicated), dynamic
 
 
 def fit_many(
@@ -777,6 +933,7 @@ def fit_many(
     loss: Callable[..., jax.Array] | None = None,
     progress_bar: bool = True,
     chunk_size: int | None = None,
+    static_argnames: Sequence[int | str] = (),
     **kwargs: Any,
 ) -> FitResult:
     """K fits at once with ``vmap``: one per key in ``rng_keys`` (shape ``[K, 2]``).
@@ -785,21 +942,43 @@ def fit_many(
     datasets of the same shape), else all fits see the same data. A fit whose
     loss turns non-finite keeps its last finite params for that step and goes
     on (its count is in ``num_skipped[k]``). ``result.best()`` picks the fit
-    with the lowest final loss.
+    with the lowest final loss. ``static_argnames`` keeps arguments concrete
+    as in :func:`fit` (with the same fallback); a concrete argument is shared
+    by the K fits, never batched.
 
     Returns:
         :class:`FitResult` with params stacked on a leading K axis and
         ``losses`` of shape ``[K, num_steps]``.
     """
+    options = dict(batched_args=batched_args, loss=loss, progress_bar=progress_bar, chunk_size=chunk_size)
+    run = functools.partial(_fit_many, model, guide, optimizer, rng_keys, num_steps, **options)
+    return _with_concrete_args("fit_many", run, model, args, kwargs, static_argnames)
+
+
+def _fit_many(
+    model: Callable[..., Any],
+    guide: Any,
+    optimizer: optax.GradientTransformation,
+    rng_keys: jax.Array,
+    num_steps: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    concrete: set[int],
+    *,
+    batched_args: bool,
+    loss: Callable[..., jax.Array] | None,
+    progress_bar: bool,
+    chunk_size: int | None,
+) -> FitResult:
+    """:func:`fit_many` with the array leaves at ``concrete`` kept concrete."""
     _check_args(num_steps, "skip", None, chunk_size)
+    dynamic, static = _partition(args, kwargs, concrete)
     if batched_args:  # one dataset is enough to check init values against their supports
-        first = jax.tree.map(lambda x: x[0] if _is_array(x) else x, (args, kwargs))
-        _check_init(guide, rng_keys[0], *first)
+        _check_init(guide, rng_keys[0], *_combine([None if x is None else x[0] for x in dynamic], static))
     else:
         _check_init(guide, rng_keys[0], args, kwargs)
-    optimizer = canonical(optimizer)
+    optimizer = canonical(as_optax(optimizer))
     loss_fn = elbo_loss(model, guide) if loss is None else loss
-    dynamic, static = _partition(args, kwargs)
     state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
     k = len(rng_keys)
     losses = np.full((k, num_steps), np.nan, np.float32)

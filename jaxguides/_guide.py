@@ -8,7 +8,6 @@ and holding no state. Everything else is in ``params``.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -21,8 +20,9 @@ from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
+from jaxguides._numpyro_guide import call_as_numpyro_guide
 from jaxguides._identity import config_difference, model_config, model_name
-from jaxguides._sites import LatentSite, ModelSites, check_init_values
+from jaxguides._sites import LatentSite, ModelSites, call_signature, check_init_values
 from jaxguides._subsample import Indices, user_plate_indices
 
 __all__ = ["Draw", "GuideBase"]
@@ -57,6 +57,22 @@ class GuideBase:
     init_loc_fn: Callable[..., Any]
     create_plates: Callable[..., Any] | None
     params_type: ClassVar[type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
+        """Run as a NumPyro guide (see ``jaxguides/_numpyro_guide.py``): declares NumPyro's
+        ``numpyro.param`` sites and samples every latent site; holds no state.
+
+        Examples:
+            >>> import jax, numpyro, numpyro.distributions as dist, jaxguides as jg
+            >>> from numpyro.infer import Predictive
+            >>> def model():
+            ...     numpyro.sample("x", dist.LogNormal(0.0, 1.0))
+            >>> guide = jg.AutoNormal(model)
+            >>> params = jg.to_numpyro_params(guide, guide.init(jax.random.PRNGKey(0)))
+            >>> Predictive(model, guide=guide, params=params, num_samples=3)(jax.random.PRNGKey(1))["x"].shape
+            (3,)
+        """
+        return call_as_numpyro_guide(self, args, kwargs)
 
     # ---- params checks -------------------------------------------------------
     def check_params(self, params: Any) -> ModelSites:
@@ -107,8 +123,13 @@ class GuideBase:
     def value_indices(
         self, sites: ModelSites, values: dict[str, jax.Array], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Indices:
-        """Indices for ``values`` given at subsample size (``{}`` if all are full size)."""
+        """Indices for ``values`` given at subsample size (``{}`` if all are full size).
+
+        The subsample size of a plate is that of its ``create_plates`` rows when
+        there are some (a last, smaller minibatch), else the one at ``init``.
+        """
         need: set[str] = set()
+        chosen: Indices | None = None
         for site in sites.latents:
             if site.name not in values:
                 raise SiteError(
@@ -117,7 +138,9 @@ class GuideBase:
             shape = tuple(jnp.shape(values[site.name]))
             if shape == site.shape:
                 continue
-            sub = _subsample_shape(site)
+            if chosen is None:
+                chosen = user_plate_indices(self.create_plates, jax.random.PRNGKey(0), args, kwargs)
+            sub = _subsample_shape(site, chosen)
             if shape != sub or sub == site.shape:
                 raise SiteError(
                     site.name,
@@ -127,7 +150,7 @@ class GuideBase:
             need.update(f.name for f in site.plates if f.subsampled)
         if not need:
             return {}
-        indices = user_plate_indices(self.create_plates, jax.random.PRNGKey(0), args, kwargs)
+        indices = chosen or {}
         missing = need - set(indices)
         if missing:
             raise ValueError(
@@ -149,12 +172,21 @@ class GuideBase:
     ) -> dict[str, jax.Array]:
         """``latents`` plus the model's deterministic sites computed from them.
 
-        The model is run with ``args`` (at full plate size) only if it has
-        deterministic sites and can be called with these args; otherwise the
-        latents are returned alone.
+        The model is run with ``args`` (at full plate size) if it has
+        deterministic sites. They are the model's own function of its args, so
+        they need them: called without args, a model that needs some gives its
+        latents alone, with a warning naming the sites left out (NumPyro's
+        guides reuse the args of their first call instead, which are then
+        hidden state). Args the model cannot be called with are refused.
+
+        Raises:
+            TypeError: the model cannot be called with ``args`` and ``kwargs``.
         """
-        if not sites.deterministic or not _can_call(self.model, args, kwargs):
+        if not sites.deterministic:
             return latents
+        if not args and not kwargs and not _can_call(self.model, args, kwargs):
+            return _without_deterministic(self.model, sites, latents, "it needs arguments")
+        _check_call(self.model, args, kwargs)
         full = {p.name: jnp.arange(p.size) for p in sites.subsampled_plates}
         model = _ShapeGuard(self.model, sites)
 
@@ -166,12 +198,17 @@ class GuideBase:
             return {n: tr[n]["value"] for n in sites.deterministic}
 
         n = int(np.prod(batch_shape)) if batch_shape else 0
-        if not batch_shape:
-            det = run(latents, rng_key)
-        else:
-            flat = {k: v.reshape((n,) + v.shape[len(batch_shape) :]) for k, v in latents.items()}
-            det = jax.vmap(run)(flat, jax.random.split(rng_key, n))
-            det = {k: v.reshape(batch_shape + v.shape[1:]) for k, v in det.items()}
+        try:
+            if not batch_shape:
+                det = run(latents, rng_key)
+            else:
+                flat = {k: v.reshape((n,) + v.shape[len(batch_shape) :]) for k, v in latents.items()}
+                det = jax.vmap(run)(flat, jax.random.split(rng_key, n))
+                det = {k: v.reshape(batch_shape + v.shape[1:]) for k, v in det.items()}
+        except TypeError as err:  # a wrapper's (*args, **kwargs) hid that the model needs arguments
+            if args or kwargs:
+                raise
+            return _without_deterministic(self.model, sites, latents, f"called without them it raised {err!r}")
         return {**latents, **det}
 
 
@@ -195,19 +232,46 @@ class _ShapeGuard(Messenger):
             )
 
 
-def _subsample_shape(site: LatentSite) -> tuple[int, ...]:
+def _subsample_shape(site: LatentSite, chosen: Indices) -> tuple[int, ...]:
+    """The site's shape for ``create_plates``' rows ``chosen``, or init's subsample size."""
     shape = list(site.shape)
     for frame in site.plates:
         if frame.subsampled:
-            shape[site.plate_axis(frame, unconstrained=False)] = frame.subsample_size
+            rows = chosen[frame.name].shape[0] if frame.name in chosen else frame.subsample_size
+            shape[site.plate_axis(frame, unconstrained=False)] = rows
     return tuple(shape)
 
 
 def _can_call(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the call binds to the model's signature (``True`` when it is unknown)."""
+    sig = call_signature(model)
     try:
-        inspect.signature(model).bind(*args, **kwargs)
+        if sig is not None:
+            sig.bind(*args, **kwargs)
     except TypeError:
         return False
-    except ValueError:
-        return True
     return True
+
+
+def _check_call(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    sig = call_signature(model)
+    try:
+        if sig is not None:
+            sig.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"the model {model_name(model)}{sig} cannot be called with these args ({err}), so its "
+            "deterministic sites cannot be computed: pass the model's args as given to guide.init."
+        ) from None
+
+
+def _without_deterministic(
+    model: Callable[..., Any], sites: ModelSites, latents: dict[str, jax.Array], why: str
+) -> dict[str, jax.Array]:
+    warnings.warn(
+        f"the deterministic sites {list(sites.deterministic)} of {model_name(model)} are left out: they "
+        f"are computed by running the model with the args of this call, and {why}. Pass the model's "
+        "args, e.g. guide.median(params, *args, **kwargs) or guide.sample(params, key, *args).",
+        stacklevel=3,
+    )
+    return latents

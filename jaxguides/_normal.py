@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +23,9 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_feasible
 
+from jaxguides._errors import SiteError
 from jaxguides._guide import Draw, GuideBase
+from jaxguides._model_params import constrain_params
 from jaxguides._sites import LatentSite, ModelSites, is_identity, trace_model
 from jaxguides._subsample import Indices, gather_rows, plate_scale
 from jaxguides._support_checks import without_real_support_check
@@ -41,8 +43,14 @@ class AutoNormalParams:
         loc: ``{site: Array[site.unconstrained_shape]}``, unconstrained, full plate size.
         raw_scale: ``{site: Array[site.unconstrained_shape]}``; the guide's scale
             is ``softplus(raw_scale)`` (see :attr:`scale`).
+        model_params: ``{param site: value}``, the model's own ``numpyro.param``
+            sites (a network's weights: a pytree) in unconstrained space, trained
+            with the guide; :attr:`model_param_values` gives them constrained.
         support: ``{site: tuple of arrays}``, array-valued parameters of the
-            site's support (e.g. an interval's bounds); constant, never trained.
+            support of each latent and model param site (e.g. an interval's
+            bounds); constant, never trained.
+        model_state: ``{mutable site: value}``, the model's ``numpyro.mutable``
+            state, carried from step to step; constant to the optimizer.
         sites: static description of the model's sites (lives in the treedef).
     """
 
@@ -50,6 +58,8 @@ class AutoNormalParams:
     raw_scale: dict[str, jax.Array]
     support: dict[str, tuple[jax.Array, ...]]
     sites: ModelSites
+    model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def scale(self) -> dict[str, jax.Array]:
@@ -57,15 +67,50 @@ class AutoNormalParams:
         return {k: _SCALE(v) for k, v in self.raw_scale.items()}
 
 
-jax.tree_util.register_dataclass(AutoNormalParams, data_fields=["loc", "raw_scale", "support"], meta_fields=["sites"])
+    @property
+    def model_param_values(self) -> dict[str, Any]:
+        """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
+        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
-def _check_init_scale(init_scale: Any) -> float:
+jax.tree_util.register_dataclass(
+    AutoNormalParams,
+    data_fields=["loc", "raw_scale", "model_params", "support", "model_state"],
+    meta_fields=["sites"],
+)
+
+
+def _check_init_scale(init_scale: Any) -> float | tuple[tuple[str, float], ...]:
+    """A float, or a per-site ``{site: float}`` as a sorted tuple of items (hashable)."""
+    if isinstance(init_scale, Mapping):
+        if not all(isinstance(k, str) for k in init_scale):
+            raise ValueError(f"init_scale as a dict maps site names to floats, got keys {list(init_scale)!r}")
+        return tuple(sorted((k, _check_init_scale(v)) for k, v in init_scale.items()))  # type: ignore[misc]
+    if isinstance(init_scale, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in init_scale):
+        return tuple(sorted((str(k), _check_init_scale(v)) for k, v in init_scale))  # type: ignore[misc]
     # numbers.Real: also NumPy scalars (np.float32(0.1)); not bools, though they are ints
     ok = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
     if not ok or not math.isfinite(init_scale) or init_scale <= 0:
-        raise ValueError(f"init_scale must be a finite float > 0, got {init_scale!r}; the default is 0.1.")
+        raise ValueError(
+            f"init_scale must be a finite float > 0 (or a dict of them by site name), got {init_scale!r}; "
+            "the default is 0.1."
+        )
     return float(init_scale)
+
+
+def _site_scales(init_scale: float | tuple[tuple[str, float], ...], names: Sequence[str]) -> dict[str, float]:
+    """Each site's init scale: a float for all, or per site (sites not named: 0.1)."""
+    if isinstance(init_scale, float):
+        return dict.fromkeys(names, init_scale)
+    given = dict(init_scale)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise SiteError(
+            unknown[0],
+            f"init_scale names site(s) {unknown} that the model has no latent site of; its latent sites "
+            f"are {list(names)}.",
+        )
+    return {n: given.get(n, 0.1) for n in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +121,8 @@ class AutoNormal(GuideBase):
         model: a NumPyro model.
         init_loc_fn: any NumPyro init strategy for the locs (default
             ``init_to_feasible``).
-        init_scale: initial scale of every site in unconstrained space; a
+        init_scale: initial scale of every site in unconstrained space (a
+            dict ``{site: scale}`` sets it per site, 0.1 for sites not named); a
             finite float > 0.
         create_plates: optional ``f(*args, **kwargs) -> plate | [plates]``
             fixing the subsample indices of those plates.
@@ -93,7 +139,7 @@ class AutoNormal(GuideBase):
 
     model: Callable[..., Any]
     init_loc_fn: Callable[..., Any] = dataclasses.field(default=init_to_feasible, kw_only=True)
-    init_scale: float = dataclasses.field(default=0.1, kw_only=True)
+    init_scale: float | tuple[tuple[str, float], ...] = dataclasses.field(default=0.1, kw_only=True)
     create_plates: Callable[..., Any] | None = dataclasses.field(default=None, kw_only=True)
 
     params_type = AutoNormalParams
@@ -109,12 +155,20 @@ class AutoNormal(GuideBase):
             ``AutoNormalParams`` with ``loc`` from ``init_loc_fn`` (mapped to
             unconstrained space) and ``softplus(raw_scale) == init_scale``.
         """
-        sites, locs, support = trace_model(self.model, rng_key, args, kwargs, self.init_loc_fn)
+        traced = trace_model(self.model, rng_key, args, kwargs, self.init_loc_fn)
+        scales = _site_scales(self.init_scale, list(traced.locs))
         raw = {
-            n: jnp.full(jnp.shape(v), _SCALE.inv(jnp.asarray(self.init_scale, jnp.result_type(v))))
-            for n, v in locs.items()
+            n: jnp.full(jnp.shape(v), _SCALE.inv(jnp.asarray(scales[n], jnp.result_type(v))))
+            for n, v in traced.locs.items()
         }
-        return AutoNormalParams(loc=locs, raw_scale=raw, support=support, sites=sites)
+        return AutoNormalParams(
+            loc=traced.locs,
+            raw_scale=raw,
+            support=traced.support,
+            sites=traced.sites,
+            model_params=traced.model_params,
+            model_state=traced.model_state,
+        )
 
     # ---- the guide's distributions --------------------------------------------
     def _site_dist(

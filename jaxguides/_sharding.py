@@ -77,6 +77,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxguides._elbo import ELBOLoss
+from jaxguides._trained import trained_part
 from jaxguides._sites import LatentSite, ModelSites
 
 __all__ = [
@@ -203,9 +204,12 @@ class PlateLayout:
     def params_shardings(self, params: Any) -> Any:
         """A pytree like ``params`` of ``NamedSharding``: split sites per plate, the rest replicated."""
         by_site = {s.name: self.sharding(*self._site_axes(s)) for s in params.sites.latents}
-        trainable = [f.name for f in dataclasses.fields(params) if f.name not in ("support", "sites")]
-        out = {name: {k: by_site[k] for k in getattr(params, name)} for name in trainable}
-        out["support"] = jax.tree.map(lambda _: self.replicated, params.support)
+        per_site = [f.name for f in dataclasses.fields(params) if f.name in ("loc", "raw_scale")]
+        out: dict[str, Any] = {name: {k: by_site[k] for k in getattr(params, name)} for name in per_site}
+        if getattr(params, "parts", None) is not None:  # an AutoGuideList's: each part as its own params
+            out["parts"] = tuple(self.params_shardings(p) for p in params.parts)
+        replicated = [f.name for f in dataclasses.fields(params) if f.name not in (*per_site, *out, "sites")]
+        out.update({name: jax.tree.map(lambda _: self.replicated, getattr(params, name)) for name in replicated})
         return dataclasses.replace(params, **out)
 
     def state_shardings(self, tree: Any) -> Any:
@@ -220,15 +224,24 @@ class PlateLayout:
                 "found no guide params (AutoNormalParams / AutoDeltaParams) in this pytree; pass an "
                 "SVIState, the params themselves, or a tree that holds them."
             )
-        pdef, pshapes = jax.tree.structure(params), [np.shape(x) for x in jax.tree.leaves(params)]
-        pshard = self.params_shardings(params)
+        # the params themselves, and their trained part, which optimizer states mirror
+        views = [params, trained_part(params)[0]]
+        known = [
+            (jax.tree.structure(v), [np.shape(x) for x in jax.tree.leaves(v)], self.params_shardings(v)) for v in views
+        ]
+
+        def mirrored(x: Any) -> Any:
+            if x is None:
+                return None
+            for treedef, shapes, shardings in known:
+                if jax.tree.structure(x) == treedef and [np.shape(y) for y in jax.tree.leaves(x)] == shapes:
+                    return shardings
+            return None
 
         def mirrors(x: Any) -> bool:
-            if x is None or jax.tree.structure(x) != pdef:  # type: ignore[operator]
-                return False
-            return [np.shape(y) for y in jax.tree.leaves(x)] == pshapes
+            return mirrored(x) is not None
 
-        return jax.tree.map(lambda x: pshard if mirrors(x) else self.replicated, tree, is_leaf=mirrors)
+        return jax.tree.map(lambda x: mirrored(x) or self.replicated, tree, is_leaf=mirrors)
 
     def constrain(self, tree: Any) -> Any:
         """Inside ``jit``: pin ``tree`` (a state) to its layout, so a chunk's output

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +35,14 @@ from numpyro.primitives import Messenger
 
 from jaxguides._errors import ModelTraceError, SiteError
 from jaxguides._identity import Config, model_config, model_name
+from jaxguides._model_params import ParamSite, describe_params
 
 __all__ = [
     "LatentSite",
+    "Traced",
     "ModelSites",
     "PlateFrame",
+    "call_signature",
     "check_init_values",
     "model_name",
     "trace_model",
@@ -152,6 +155,10 @@ class ModelSites:
             partial arguments; see ``jaxguides/_identity.py``), which tell apart
             models of one name. Last, with a default, so that params pickled
             before it existed load (as a plain function's ``()``).
+        params: the model's own ``numpyro.param`` sites (``ParamSite``, see
+            ``jaxguides/_model_params.py``), trained with the guide.
+        mutable: names of the model's ``numpyro.mutable`` sites (state carried
+            from step to step, never differentiated).
     """
 
     model: str
@@ -161,6 +168,8 @@ class ModelSites:
     deterministic: tuple[str, ...]
     plates: tuple[PlateFrame, ...]
     config: Config = ()
+    params: tuple[ParamSite, ...] = ()
+    mutable: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -201,6 +210,33 @@ class _SiteGuard(Messenger):
     def postprocess_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             _check_init_value(msg["name"], msg["fn"], msg["value"])
+
+
+def check_scan_body(msg: dict[str, Any], check: Callable[[str, Any, tuple[int, ...]], None]) -> None:
+    """Have ``check(name, fn, stacked_shape)`` see each latent site of a ``scan`` body.
+
+    ``numpyro.contrib.control_flow.scan`` traces its body under ``handlers.block``:
+    handlers outside it see the body's sites only after all steps ran, stacked
+    (``fn`` and value of shape ``(T, ...)``), and what the steps substitute
+    fails there first (a substituted series of another length than ``T``
+    raises NumPyro's own error, or is padded with prior draws). Only the
+    substitutions in scan's ``substitute_stack`` reach each step, so ``check``
+    goes there, first in the stack (before any value is substituted), and
+    sees the step's site with the shape it stacks to: ``(T,) + step shape``.
+    ``msg`` is any message; only a scan's ``control_flow`` message is acted on.
+    """
+    if msg["type"] != "control_flow" or msg["fn"].__name__ != "scan_wrapper":
+        return
+    _, _, xs, length, _ = msg["args"]
+    if length is None:
+        length = jnp.shape(jax.tree.leaves(xs)[0])[0]
+
+    def check_step(site: dict[str, Any]) -> None:
+        if site["type"] == "sample" and not site["is_observed"]:
+            shape = (int(length),) + tuple(site["kwargs"].get("sample_shape", ())) + tuple(site["fn"].shape())
+            check(site["name"], site["fn"], shape)
+
+    msg["kwargs"]["substitute_stack"].append(("substitute", check_step))
 
 
 def check_continuous(name: str, fn: Any) -> None:
@@ -273,28 +309,44 @@ def _check_init_value(name: str, fn: Any, value: Any) -> None:
         )
 
 
+class Traced(NamedTuple):
+    """What ``trace_model`` reads off one run of the model.
+
+    Attributes:
+        sites: the static description.
+        locs: each latent site's initial value in unconstrained space at full
+            plate size (shape ``site.unconstrained_shape``).
+        support: each latent's and model param's support array leaves.
+        model_params: each ``numpyro.param`` site's initial value, unconstrained.
+        model_state: each ``numpyro.mutable`` site's initial value.
+    """
+
+    sites: ModelSites
+    locs: dict[str, jax.Array]
+    support: dict[str, tuple[jax.Array, ...]]
+    model_params: dict[str, Any]
+    model_state: dict[str, Any]
+
+
 def trace_model(
     model: Callable[..., Any],
     rng_key: jax.Array,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     init_loc_fn: Callable[..., Any],
-) -> tuple[ModelSites, dict[str, jax.Array], dict[str, tuple[jax.Array, ...]]]:
-    """Run ``model`` once and describe its sites.
-
-    Returns:
-        ``(sites, init_unconstrained, support_data)`` where ``init_unconstrained``
-        maps each latent site to its initial value in unconstrained space at full
-        plate size (shape ``site.unconstrained_shape``) and ``support_data``
-        maps each site to its support's array leaves.
+) -> Traced:
+    """Run ``model`` once and describe its sites (see :class:`Traced`).
 
     Raises:
         SiteError: a discrete or bijection-less latent, or a bad init value.
         ModelTraceError: the model itself raised; names the last site reached.
     """
-    at_zero: dict[str, jax.Array] = {}
+    at_zero: set[str] = set()
     trace = _run_checked(model, rng_key, args, kwargs, init_loc_fn, at_zero)
-    return _describe(model, trace, at_zero)
+    sites, locs, support = _describe(model, trace, at_zero)
+    params, values, param_support, state = describe_params(trace, SupportSpec.split)
+    sites = dataclasses.replace(sites, params=params, mutable=tuple(state))
+    return Traced(sites, locs, {**support, **param_support}, values, state)
 
 
 def check_init_values(
@@ -317,7 +369,7 @@ def check_init_values(
     """
     if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value:
         if init_loc_fn.keywords.get("values"):
-            _run_checked(model, rng_key, args, kwargs, init_loc_fn, {})
+            _run_checked(model, rng_key, args, kwargs, init_loc_fn, set())
 
 
 def _run_checked(
@@ -326,7 +378,7 @@ def _run_checked(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     init_loc_fn: Callable[..., Any],
-    at_zero: dict[str, jax.Array],
+    at_zero: set[str],
 ) -> dict[str, dict[str, Any]]:
     """The model's trace under ``init_loc_fn``, each latent site checked as it is reached
     (``at_zero`` collects the sites that start at 0 in unconstrained space)."""
@@ -347,14 +399,17 @@ def _run_checked(
         ) from err
 
 
-def _without_draws(init_loc_fn: Callable[..., Any], at_zero: dict[str, jax.Array]) -> Callable[..., Any]:
+def _without_draws(init_loc_fn: Callable[..., Any], at_zero: set[str]) -> Callable[..., Any]:
     """``init_loc_fn``, except that ``init_to_feasible`` (``init_to_uniform`` with
     radius 0) gives its value without drawing: ``Uniform(-0, 0)`` is 0 whatever
     the key, so the site starts at ``biject_to(support)(0)``, the value NumPyro
     gives, and a compiled ``init`` needs no random-number code at all. Such a
-    site's unconstrained value, 0, goes to ``at_zero``: no round trip through
-    the bijection's inverse (which, for an LKJ or simplex site, made a compiled
-    ``init`` slow to build; NumPyro's round trip gives 0 up to rounding)."""
+    site's name goes to ``at_zero`` and ``_describe`` starts it at 0 in
+    unconstrained space: no round trip through the bijection's inverse (which,
+    for an LKJ or simplex site, made a compiled ``init`` slow to build;
+    NumPyro's round trip gives 0 up to rounding). Inside a ``scan`` body this
+    runs once per step, on the step's shape and under ``lax.scan``'s trace: so
+    only the name is kept, and the 0 of the stacked shape comes from the outer trace."""
     radius = 0 if init_loc_fn is init_to_feasible else None
     if isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_uniform and not init_loc_fn.args:
         radius = init_loc_fn.keywords.get("radius", 2)
@@ -366,18 +421,40 @@ def _without_draws(init_loc_fn: Callable[..., Any], at_zero: dict[str, jax.Array
             return init_loc_fn(site)
         if site["fn"].support.is_discrete:
             return init_loc_fn(site)
-        transform = biject_to(site["fn"].support)
-        shape = site["kwargs"].get("sample_shape", ()) + transform.inverse_shape(site["fn"].shape())
-        at_zero[site["name"]] = zero = jnp.zeros(shape)
-        return transform(zero)
+        at_zero.add(site["name"])
+        return biject_to(site["fn"].support)(_unconstrained_zero(site))
 
     return start_at_zero
 
 
-def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _unconstrained_zero(site: dict[str, Any]) -> jax.Array:
+    """0 in the unconstrained space of a sample site (its ``sample_shape`` included)."""
+    shape = biject_to(site["fn"].support).inverse_shape(site["fn"].shape())
+    return jnp.zeros(site["kwargs"].get("sample_shape", ()) + shape)
+
+
+def call_signature(model: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature a call of ``model`` binds against, or ``None`` if unknown.
+
+    ``inspect.signature`` follows ``__wrapped__``, so for a wrapper that binds
+    arguments (``functools.update_wrapper(functools.partial(f, batch=B), f)``,
+    any ``functools.wraps`` decorator that fills some in) it gives ``f``'s
+    signature and would refuse calls that run. So only NumPyro handlers, which
+    pass their arguments through unchanged, are looked through; any other
+    wrapper's own signature counts (``(*args, **kwargs)``: the model itself
+    then raises for a wrong call).
+    """
+    while isinstance(model, Messenger) and model.fn is not None:
+        model = model.fn
     try:
-        sig = inspect.signature(model)
+        return inspect.signature(model, follow_wrapped=False)
     except (TypeError, ValueError):
+        return None
+
+
+def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    sig = call_signature(model)
+    if sig is None:
         return
     try:
         sig.bind(*args, **kwargs)
@@ -386,7 +463,7 @@ def _check_signature(model: Callable[..., Any], args: tuple[Any, ...], kwargs: d
 
 
 def _describe(
-    model: Callable[..., Any], trace: dict[str, dict[str, Any]], at_zero: dict[str, jax.Array]
+    model: Callable[..., Any], trace: dict[str, dict[str, Any]], at_zero: set[str]
 ) -> tuple[ModelSites, dict[str, jax.Array], dict[str, tuple[jax.Array, ...]]]:
     full_sizes = {n: s["args"][0] for n, s in trace.items() if s["type"] == "plate"}
     plate_dims: dict[str, int] = {}
@@ -398,6 +475,13 @@ def _describe(
         for n, s in trace.items()
         if s["type"] == "plate"
     }
+    # a plate inside a `scan` body is not in the trace (scan passes on its sample sites only): its
+    # sites' frames give its size, taken as full (a subsample drawn per step has no full size to index)
+    for site in trace.values():
+        for frame in site.get("cond_indep_stack", ()):
+            if frame.name not in plates:
+                plates[frame.name] = PlateFrame(frame.name, int(frame.size), int(frame.size), frame.dim)
+                full_sizes[frame.name] = frame.size
     latents: list[LatentSite] = []
     observed: list[str] = []
     factors: list[str] = []
@@ -414,7 +498,8 @@ def _describe(
             (factors if type(site["fn"]).__name__ == "Unit" else observed).append(name)
             continue
         fn, value = site["fn"], site["value"]  # checked by _SiteGuard when the site was reached
-        unconstrained = at_zero[name] if name in at_zero else biject_to(fn.support).inv(value)
+        # a scanned site's fn and value are stacked over the scan's steps, (T, ...)
+        unconstrained = _unconstrained_zero(site) if name in at_zero else biject_to(fn.support).inv(value)
         event_dim = fn.event_dim
         u_event_dim = event_dim + jnp.ndim(unconstrained) - jnp.ndim(value)
         frames = list(site["cond_indep_stack"])

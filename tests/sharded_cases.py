@@ -74,7 +74,16 @@ def hier_sub(x, y):
         numpyro.sample("y", dist.Normal(z + x[idx, 0], 0.5), obs=y[idx, 0])
 
 
-CASES = {"logreg": (logreg, (X, Y_BIN)), "hier": (hier, (X, Y))}
+def hier_param(x, y):
+    """As ``hier``, with the noise scale a point-estimated numpyro.param (replicated)."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    sigma = numpyro.param("sigma", 1.0, constraint=dist.constraints.positive)
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(z[:, None] + x[:, :1], sigma).to_event(1), obs=y)
+
+
+CASES = {"logreg": (logreg, (X, Y_BIN)), "hier": (hier, (X, Y)), "hier_param": (hier_param, (X, Y))}
 
 
 def _fit(model, guide, args, steps=100, **kw):
@@ -98,7 +107,8 @@ def _assert_trees_equal(a, b):
 
 # ---- sharded == one device ---------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("case", "guide_cls"), [("logreg", jg.AutoNormal), ("hier", jg.AutoNormal), ("hier", jg.AutoDelta)]
+    ("case", "guide_cls"),
+    [("logreg", jg.AutoNormal), ("hier", jg.AutoNormal), ("hier", jg.AutoDelta), ("hier_param", jg.AutoNormal)],
 )
 def test_sharded_fit_matches_one_device(case, guide_cls):
     model, args = CASES[case]
@@ -110,6 +120,8 @@ def test_sharded_fit_matches_one_device(case, guide_cls):
     _assert_trees_close(sharded.state.opt_state, one.state.opt_state, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sharded.losses, one.losses, rtol=RTOL)
     assert np.isfinite(sharded.losses).all()
+    for x in jax.tree.leaves(sharded.state.params.model_params):  # the model's own params: replicated
+        assert x.sharding.is_fully_replicated
 
 
 def test_local_params_and_their_optimizer_state_are_split_over_8_devices():

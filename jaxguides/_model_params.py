@@ -1,0 +1,126 @@
+"""The model's own ``numpyro.param`` and ``numpyro.mutable`` sites.
+
+A model may hold point-estimated params of its own (``numpyro.param("noise",
+1.0, constraint=positive)``, the weights a ``numpyro.module`` /
+``flax_module`` / ``eqx_module`` registers as ``"{name}$params"``) and
+mutable state (``numpyro.mutable``: BatchNorm statistics of a
+``flax_module(..., mutable=["batch_stats"])``). NumPyro's SVI trains the
+params jointly with the guide's, in unconstrained space through
+``biject_to(constraint)``, and carries the mutable state from step to step;
+so do we:
+
+* :func:`describe_params` reads both kinds of site from the one trace that
+  ``guide.init`` makes: a static :class:`ParamSite` per param (its
+  constraint's structure), the params' unconstrained values (any pytree:
+  a network's weights are a dict of arrays) and the state's values;
+* the guide's params pytree holds them (``model_params``, trained;
+  ``model_state``, carried, never differentiated);
+* :func:`model_substitutions` gives what every run of the model must see,
+  the constrained params and a fresh copy of the state, so the ELBO, the
+  deterministic sites and ``to_arviz`` all run the model on the fitted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+from jaxguides._errors import SiteError
+
+__all__ = ["ParamSite", "constrain_params", "describe_params", "model_substitutions", "unconstrain_params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSite:
+    """A ``numpyro.param`` site of the model.
+
+    Attributes:
+        name: site name (``"{module}$params"`` for a ``numpyro.module``).
+        support: static part of its constraint (a ``SupportSpec``); array
+            leaves (an interval's bounds) are in ``params.support[name]``.
+    """
+
+    name: str
+    support: Any  # SupportSpec (jaxguides._sites), kept as Any to avoid an import cycle
+
+    def transform(self, support_data: tuple[jax.Array, ...] = ()) -> Any:
+        """The bijection from unconstrained space onto the constraint."""
+        return biject_to(self.support.build(support_data))
+
+
+def describe_params(
+    trace: dict[str, dict[str, Any]], split_support: Any
+) -> tuple[tuple[ParamSite, ...], dict[str, Any], dict[str, tuple[jax.Array, ...]], dict[str, Any]]:
+    """``(param sites, unconstrained values, support data, mutable state)`` of a model trace.
+
+    ``split_support`` is ``SupportSpec.split``. A value that is a pytree (a
+    network's weights) is mapped leaf by leaf, as NumPyro maps a module's
+    weights (constraint ``real``).
+
+    Raises:
+        SiteError: a param whose constraint has no bijection to real space.
+    """
+    sites, values, support, state = [], {}, {}, {}
+    for name, site in trace.items():
+        if site["type"] == "mutable":
+            state[name] = site["value"]
+            continue
+        if site["type"] != "param":
+            continue
+        constraint = site["kwargs"].get("constraint", constraints.real)
+        try:
+            transform = biject_to(constraint)
+        except NotImplementedError:
+            raise SiteError(
+                name,
+                f"numpyro.param site '{name}' has constraint {constraint} with no bijection to real "
+                "space, so it cannot be trained in unconstrained space. Use a constraint that has one "
+                "(positive, interval, simplex, ...), or make it a latent sample site.",
+            ) from None
+        spec, data = split_support(constraint)
+        sites.append(ParamSite(name, spec))
+        values[name] = jax.tree.map(lambda x: _strong(transform.inv(x)), site["value"])
+        support[name] = data
+    return tuple(sites), values, support, jax.tree.map(_strong, state)
+
+
+def _strong(x: Any) -> jax.Array:
+    """``x`` without JAX's weak type (a Python float init value), as NumPyro's SVI converts it,
+    so the trained value keeps one dtype from step to step."""
+    return jax.lax.convert_element_type(x, jnp.result_type(x))
+
+
+def constrain_params(
+    sites: tuple[ParamSite, ...], unconstrained: dict[str, Any], support: dict[str, tuple[jax.Array, ...]]
+) -> dict[str, Any]:
+    """``{name: value in its constraint}`` from the unconstrained values."""
+    out = {}
+    for site in sites:
+        transform = site.transform(jax.lax.stop_gradient(support[site.name]))
+        out[site.name] = jax.tree.map(transform, unconstrained[site.name])
+    return out
+
+
+def unconstrain_params(
+    sites: tuple[ParamSite, ...], values: dict[str, Any], support: dict[str, tuple[jax.Array, ...]]
+) -> dict[str, Any]:
+    """The inverse of :func:`constrain_params`."""
+    return {s.name: jax.tree.map(s.transform(support[s.name]).inv, values[s.name]) for s in sites}
+
+
+def model_substitutions(params: Any) -> dict[str, Any]:
+    """What a run of the model substitutes for its param and mutable sites.
+
+    The constrained params, and the mutable state copied container by
+    container: a ``flax_module`` with state updates the state dict it is
+    given in place, which must not be the one inside ``params``.
+    """
+    sites = params.sites
+    values = constrain_params(sites.params, params.model_params, params.support)
+    state = {name: jax.tree.map(lambda x: x, value) for name, value in params.model_state.items()}
+    return {**values, **state}
