@@ -9,11 +9,14 @@ time to construct it is the time to first step. ``run(steps)`` then returns
 * ``jg_scan``: ``jaxguides.svi(...).step`` in the user's own jitted ``lax.scan``.
 * ``np_run`` / ``np_run_bar``: NumPyro ``SVI.run`` without / with progress bar.
 * ``np_update``: a Python loop over ``jax.jit(svi.update)``.
-* ``floor``: hand-written mean-field ELBO (or MAP) step in a jitted ``lax.scan``.
+* ``floor``: hand-written mean-field ELBO (or MAP) step in a jitted ``lax.scan``;
+  a model's own params (``Bench.floor_params``) are trained beside the guide's
+  as point values, as NumPyro's SVI trains them.
 
 All use ``optax.adam(bench.lr)`` and start from the same point: 0 in
 unconstrained space (``init_to_uniform(radius=0)`` for the guides), scale 0.1,
-so their final losses are comparable.
+so their final losses are comparable. A model's own params start from their
+deterministic init (see ``Bench.floor_params``) in every implementation.
 """
 
 from __future__ import annotations
@@ -203,15 +206,16 @@ def floor_loss(bench: Bench, size: Size, guide: str) -> Callable[..., jax.Array]
 
     def loss(params: dict[str, Any], key: jax.Array, data: Data) -> jax.Array:
         k_eps, k_model = jax.random.split(key)
+        point = params.get("point", {})  # the model's own params: point values beside the latents
         if guide == "delta":  # MAP in constrained space, as AutoDelta: no Jacobian
-            return -bench.log_joint(params["loc"], data, k_model, size)[0]
+            return -bench.log_joint({**params["loc"], **point}, data, k_model, size)[0]
         keys = jax.random.split(k_eps, len(shapes))
         u, log_q = {}, 0.0
         for k, name in zip(keys, shapes):
             loc, scale = params["loc"][name], jax.nn.softplus(params["raw"][name])
             u[name] = loc + scale * jax.random.normal(k, loc.shape)
             log_q = log_q + jnp.sum(stats.norm.logpdf(u[name], loc, scale))
-        log_p, log_jac = bench.log_joint(u, data, k_model, size)
+        log_p, log_jac = bench.log_joint({**u, **point}, data, k_model, size)
         return log_q - log_p - log_jac
 
     return loss
@@ -220,10 +224,13 @@ def floor_loss(bench: Bench, size: Size, guide: str) -> Callable[..., jax.Array]
 def floor_init(bench: Bench, size: Size) -> dict[str, Any]:
     shapes = bench.floor_sites(size)
     raw = float(np.log(np.expm1(INIT_SCALE)))
-    return {
+    params = {
         "loc": {n: jnp.zeros(s) for n, s in shapes.items()},
         "raw": {n: jnp.full(s, raw) for n, s in shapes.items()},
     }
+    if bench.floor_params is not None:  # trained as they are: no scale, no prior, no Jacobian
+        params["point"] = bench.floor_params(size)
+    return params
 
 
 class Floor(Impl):
@@ -242,7 +249,7 @@ class Floor(Impl):
         self.step = step
         params = floor_init(bench, size)
         if guide == "delta":
-            params = {"loc": params["loc"]}
+            params = {k: v for k, v in params.items() if k != "raw"}
         carry = (params, opt.init(params), jax.random.PRNGKey(1), jnp.zeros((), jnp.int32))
         self.carry, _ = _block(jax.jit(step)(carry, self.arrays))
         self.loops: dict[int, Any] = {}

@@ -16,13 +16,14 @@ from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import PlateCursor, SubsampleState
 from jaxguides._errors import (
     CheckpointError,
+    FitInterrupted,
     ModelTraceError,
     NonFiniteLossError,
     ParamsMismatchError,
     SiteError,
 )
-from jaxguides._guide_list import AutoGuideList, AutoGuideListParams
 from jaxguides._fit import SVI, FitResult, SVIState, fit, fit_many, svi
+from jaxguides._guide_list import AutoGuideList, AutoGuideListParams
 from jaxguides._interop import from_numpyro_params, to_numpyro_params
 from jaxguides._normal import AutoNormal, AutoNormalParams
 from jaxguides._sharding import shard_args, shard_state, state_shardings
@@ -40,6 +41,7 @@ __all__ = [
     "AutoNormalParams",
     "CheckpointError",
     "ELBOLoss",
+    "FitInterrupted",
     "FitResult",
     "LatentSite",
     "ModelSites",

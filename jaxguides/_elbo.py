@@ -26,7 +26,7 @@ from jaxguides._errors import SiteError
 from jaxguides._guide import Draw
 from jaxguides._model_params import model_substitutions
 from jaxguides._normal import AutoNormal
-from jaxguides._sites import ModelSites, check_continuous
+from jaxguides._sites import ModelSites, check_continuous, check_scan_body
 from jaxguides._subsample import Indices, draw_indices, plate_scale
 from jaxguides._support_checks import skip_real_support_checks
 from jaxguides._total import total
@@ -47,6 +47,9 @@ class _ModelGuard(Messenger):
     def process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "plate":
             self._check_plate(msg)
+            return
+        if msg["type"] == "control_flow":  # a scan's steps: checked before params are substituted into them
+            check_scan_body(msg, self._check_step)
             return
         if msg["type"] in ("param", "mutable"):
             self._check_param(msg)
@@ -70,7 +73,15 @@ class _ModelGuard(Messenger):
                 f"(params are for {self.sites.model} with sites {list(self.sites.names)}); "
                 "the model changed or the params are of another model: call guide.init again.",
             )
-        got, want = tuple(msg["fn"].shape()), self.shapes[name]
+        self._check_shape(name, tuple(msg["fn"].shape()))  # a scanned site's: stacked, (T, ...)
+
+    def _check_step(self, name: str, fn: Any, stacked_shape: tuple[int, ...]) -> None:
+        """A latent site of one scan step, by the shape its steps stack to (another ``T`` fails here)."""
+        if name in self.shapes:  # a site the params lack is refused once the scan has run
+            self._check_shape(name, stacked_shape)
+
+    def _check_shape(self, name: str, got: tuple[int, ...]) -> None:
+        want = self.shapes[name]
         if got != want:
             raise SiteError(
                 name,
@@ -123,7 +134,8 @@ class _ModelGuard(Messenger):
         n = rows.shape[0]
         usable = size == frame.size and (n == asked if asked is not None else n == size or not frame.subsampled)
         local = [s.name for s in self.sites.latents if any(f.name == frame.name for f in s.plates)]
-        if local and not usable:
+        # (a plate with latents that was not subsampled at init is checked through their shapes, site by site)
+        if local and frame.subsampled and not usable:
             got = f"plate '{frame.name}' has size {size} (subsample {size if asked is None else asked}) for these args"
             raise SiteError(
                 local[0],

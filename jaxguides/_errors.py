@@ -2,7 +2,7 @@
 
 Every error names the site (or file, or step) it is about and says what to do.
 They subclass the builtin a user would catch anyway (``ValueError``,
-``FloatingPointError``), so ``except ValueError`` keeps working.
+``FloatingPointError``, ``KeyboardInterrupt``), so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "CheckpointError",
+    "FitInterrupted",
     "ModelTraceError",
     "NonFiniteLossError",
     "ParamsMismatchError",
@@ -56,12 +57,15 @@ class NonFiniteLossError(FloatingPointError):
         losses: the per-step losses up to (not including) the bad step.
     """
 
-    def __init__(self, step: int, params: Any, state: Any = None, losses: Any = None):
+    def __init__(self, step: int, params: Any, state: Any = None, losses: Any = None, advice: str | None = None):
+        advice = advice or (
+            "Lower the learning rate, check the model for values outside a "
+            "distribution's support, or pass `on_nonfinite='skip'`."
+        )
         super().__init__(
             f"non-finite loss or gradient at step {step}; the last finite params "
             f"(before step {step}) are in `error.params` and the full state in "
-            "`error.state`. Lower the learning rate, check the model for values "
-            "outside a distribution's support, or pass `on_nonfinite='skip'`."
+            f"`error.state`. {advice}"
         )
         self.step = step
         self.params = params
@@ -78,3 +82,30 @@ class CheckpointError(ValueError):
             "it is; delete or move it to start the fit afresh."
         )
         self.path = path
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """``fit`` / ``fit_many`` stopped on Ctrl-C (SIGINT) at a chunk boundary.
+
+    A ``KeyboardInterrupt``, so a script stops as it would anyway; catch it to
+    keep the work done: ``except jg.FitInterrupted as e: e.params``.
+
+    Attributes:
+        step: the steps completed (0 if interrupted before the first chunk).
+        params: the params after ``step`` steps (the initial params at step 0).
+        state: the full ``SVIState`` after ``step`` steps (resume from it).
+        losses: the per-step losses of those steps.
+        checkpoint: the checkpoint file written with that state, or ``None``.
+    """
+
+    def __init__(self, step: int, params: Any, state: Any = None, losses: Any = None, checkpoint: str | None = None):
+        saved = f"; it is saved in {checkpoint!r}, which the same call resumes" if checkpoint else ""
+        super().__init__(
+            f"fit interrupted after step {step}: its params are in `error.params` and its full "
+            f"state in `error.state`{saved}. A second Ctrl-C during a fit exits at once."
+        )
+        self.step = step
+        self.params = params
+        self.state = state
+        self.losses = losses
+        self.checkpoint = checkpoint

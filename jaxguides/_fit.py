@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,11 +53,15 @@ from jaxguides._concrete import (
     numpy_args,
     static_leaves,
 )
+from jaxguides._data_check import check_finite_data, nonfinite_members
 from jaxguides._dce import without_dead_code
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides._errors import CheckpointError, ModelTraceError, NonFiniteLossError
+from jaxguides._errors import CheckpointError, FitInterrupted, ModelTraceError, NonFiniteLossError
+from jaxguides._interrupt import current as current_interrupts
+from jaxguides._interrupt import interruptible
 from jaxguides._optimizers import as_optax
+from jaxguides._run_identity import Record, difference, run_record
 from jaxguides._sharding import PlateLayout, gather, place, shard_args
 from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
 from jaxguides._subsample import Indices, draw_indices, user_plate_indices
@@ -279,12 +284,14 @@ def _update(
             )(take_rows(trained, spec))
         else:
             spec = None
-            (loss, model_state), grads = jax.value_and_grad(
-                lambda t: loss_and_state(t, indices=indices), has_aux=True
-            )(trained)
+            (loss, model_state), grads = jax.value_and_grad(lambda t: loss_and_state(t, indices=indices), has_aux=True)(
+                trained
+            )
     finite = jnp.isfinite(loss) & _usable(grads)
     if model_state:  # the model's numpyro.mutable state after this step, as it was typed before
-        model_state = jax.tree.map(lambda new, old: jnp.asarray(new, jnp.result_type(old)), model_state, constant["model_state"])
+        model_state = jax.tree.map(
+            lambda new, old: jnp.asarray(new, jnp.result_type(old)), model_state, constant["model_state"]
+        )
     updated = {**constant, "model_state": model_state} if model_state else constant
     if spec is None:  # dense: update only on finite steps; a cond, not a select over the whole state
 
@@ -558,9 +565,20 @@ class _NoBar:
     def set_postfix(self, **kwargs: Any) -> None:
         return None
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        return None
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        return None
+
+    def reset(self, total: int | None = None) -> None:
+        return None
+
 
 def _progress(enabled: bool, **kwargs: Any) -> Any:
-    """A tqdm bar, or a no-op one when ``progress_bar=False``."""
+    """A tqdm bar, or a no-op one when ``progress_bar=False``. Its description
+    names the phase: ``fit: tracing``, ``fit: compiling``, then ``fit`` while
+    steps run (``fit: interrupted`` after Ctrl-C)."""
     return tqdm(**kwargs) if enabled else _NoBar()
 
 
@@ -635,12 +653,27 @@ def _dtype(x: Any) -> Any:
     return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
-def _resume(path: str, template: SVIState, num_steps: int) -> tuple[SVIState, np.ndarray, int]:
+def _load(path: str, run: Record) -> Any:
+    """A checkpoint's payload, refused unless this run (see ``_run_identity.py``) wrote it."""
     payload = load_checkpoint(path)
     try:
-        state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
+        payload["state"], payload["losses"], payload["num_skipped"]  # noqa: B018
     except (TypeError, KeyError):
         raise CheckpointError(path, "it does not hold a fit state") from None
+    saved = payload.get("run")
+    if saved is None:
+        raise CheckpointError(
+            path,
+            "it holds no record of the run that wrote it (model, guide, optimizer, key, data): an older jaxguides "
+            "wrote it, so it cannot be told from another run's; finish that run with the version that started it",
+        )
+    if saved != run:
+        raise CheckpointError(path, f"it belongs to another run: {difference(saved, run)}")
+    return payload
+
+
+def _resume(path: str, payload: Any, template: SVIState, num_steps: int) -> tuple[SVIState, np.ndarray, int]:
+    state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
     same = jax.tree.structure(state) == jax.tree.structure(template) and all(  # type: ignore[operator]
         np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
@@ -757,6 +790,7 @@ def fit(
     return _with_concrete_args("fit", run, model, args, kwargs, static_argnames)
 
 
+@interruptible(lambda result: _interrupted_late(result))
 def _fit(
     model: Callable[..., Any],
     guide: Any,
@@ -778,6 +812,7 @@ def _fit(
 ) -> FitResult:
     """:func:`fit` with the array leaves at ``concrete`` kept concrete."""
     _check_args(num_steps, on_nonfinite, checkpoint_every, chunk_size)
+    check_finite_data(model, args, kwargs)
     _check_init(guide, rng_key, args, kwargs)
     optimizer = canonical(as_optax(optimizer))  # an equal optimizer built anew reuses the compilation
     loss_fn = elbo_loss(model, guide) if loss is None else loss
@@ -793,29 +828,48 @@ def _fit(
     end = _end(num_steps, layout)
     init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     resuming = checkpoint is not None and os.path.exists(checkpoint)
+    run_id = run_record(model, guide, optimizer, loss, rng_key, args, kwargs) if checkpoint is not None else None
+    payload = _load(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
     first = seen not in _SEEN  # then compile the chunk ahead, beside init
-    ahead = (
-        _compile_ahead(init, chunk_static, rng_key, end, dynamic) if first and layout is None and not resuming else None
-    )
-    state = init(rng_key, dynamic)
-    if ahead is not None:
-        ahead.result()
-    losses = np.full(num_steps, np.nan, np.float32)
-    skipped = 0
-    if resuming:
-        state, saved, skipped = _resume(os.fspath(checkpoint), state, num_steps)  # type: ignore[arg-type]
-        state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
-        n = min(len(saved), num_steps)
-        losses[:n] = saved[:n]
+    interrupts = current_interrupts()
     run = functools.partial(_run_chunk, **chunk_static)
-    step = int(state.step) if resuming else 0  # init starts at 0: no wait for it before the first chunk
-    last_saved = step
-    if first and len(_SEEN) < 4096:
-        _SEEN[seen] = None
-    pacer = _Pacer(num_steps, chunk_size, length, _SEEN.get(seen))
-    with _progress(progress_bar, total=num_steps, initial=min(step, num_steps), desc="fit") as bar:
+    with _progress(progress_bar, total=num_steps, desc="fit: tracing") as bar:
+        # Tracing runs here; XLA compiles on the compile threads while this thread waits in Python,
+        # so Ctrl-C is seen at once (and a second one ends the process) even during a long compile.
+        compiling: list[concurrent.futures.Future[Any]] = []
+        try:
+            ahead = first and layout is None and not resuming  # the chunk, from init's shapes, beside init
+            if ahead:
+                compiling.append(_compile_ahead(init, chunk_static, rng_key, end, dynamic))
+            if first:
+                compiling.append(_compile_beside(init, rng_key, dynamic))
+                bar.set_description("fit: compiling")
+            _wait(compiling)
+            state = init(rng_key, dynamic)
+            losses = np.full(num_steps, np.nan, np.float32)
+            skipped = 0
+            if payload is not None:
+                state, saved, skipped = _resume(os.fspath(checkpoint), payload, state, num_steps)  # type: ignore[arg-type]
+                state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
+                n = min(len(saved), num_steps)
+                losses[:n] = saved[:n]
+            if first and not ahead:  # the chunk, from the state itself (a resumed one, a sharded one)
+                bar.set_description("fit: tracing")
+                compiling.append(_compile_beside(run, state, _end(num_steps, layout), dynamic))
+                bar.set_description("fit: compiling")
+                _wait(compiling)
+        finally:  # XLA is never left compiling beside an exception (interpreter exit racing it crashed)
+            _wait(compiling)
+        step = int(state.step) if resuming else 0  # init starts at 0: no wait for it before the first chunk
+        last_saved, done = step, 0
+        if first and len(_SEEN) < 4096:
+            _SEEN[seen] = None
+        pacer = _Pacer(num_steps, chunk_size, length, _SEEN.get(seen))
+        _begin_steps(bar, step, "fit")
         while step < num_steps:
+            if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
+                raise _interrupted(bar, checkpoint, state, losses, step, skipped, last_saved, run_id)
             stop = min(step + pacer.steps, num_steps)
             if checkpoint is not None and checkpoint_every:
                 stop = min(stop, last_saved + checkpoint_every)
@@ -830,19 +884,79 @@ def _fit(
             skipped += int(chunk_skipped)
             if bad >= 0:
                 if checkpoint is not None:
-                    _save(checkpoint, state, losses[:step], skipped)
+                    _save(checkpoint, state, losses[:step], skipped, run_id)
                 raise NonFiniteLossError(bad, state.params, state, losses[:bad].copy())
             if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
-                _save(checkpoint, state, losses[:step], skipped)
+                _save(checkpoint, state, losses[:step], skipped, run_id)
                 last_saved = step
             if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
-                bar.set_postfix(loss=f"{_nanmean(losses[step - done : step]):.4g}", refresh=False)
+                bar.set_postfix_str(f"loss (mean of last chunk)={_nanmean(losses[step - done : step]):.4g}", refresh=False)
             bar.update(done)
+        if done and progress_bar:  # the last line: what the result holds
+            last = f"loss (mean of last {done} steps)={_nanmean(losses[step - done : step]):.4g}"
+            bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
-        _save(checkpoint, state, losses[: min(step, num_steps)], skipped)
+        _save(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
     if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
         _SEEN[seen] = pacer.rate
+    if on_nonfinite == "skip" and skipped:
+        _report_skipped(state, losses, skipped, num_steps)
     return FitResult(state.params, losses, state, skipped)
+
+
+def _begin_steps(bar: Any, step: int, description: str) -> None:
+    """The bar from the first step on: ``step`` steps done (a resumed fit), its
+    clock and rate counted from now, not from the start of tracing."""
+    bar.reset()
+    bar.n = bar.initial = bar.last_print_n = step
+    bar.set_description(description)
+
+
+def _interrupted(
+    bar: Any,
+    checkpoint: str | os.PathLike[str] | None,
+    state: SVIState,
+    losses: np.ndarray,
+    step: int,
+    skipped: int,
+    last_saved: int,
+    run_id: Record | None,
+) -> FitInterrupted:
+    """The error for Ctrl-C at ``step``, after writing the checkpoint (when one is set)."""
+    bar.set_description("fit: interrupted", refresh=False)
+    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
+        _save(checkpoint, state, losses[:step], skipped, run_id)
+    path = None if checkpoint is None else os.fspath(checkpoint)
+    return FitInterrupted(step, state.params, state, losses[:step].copy(), path)
+
+
+def _interrupted_late(result: FitResult) -> FitInterrupted:
+    """Ctrl-C after the last chunk: the finished result, as the interrupt."""
+    return FitInterrupted(int(np.max(result.state.step)), result.params, result.state, result.losses)
+
+
+def _report_skipped(state: SVIState, losses: np.ndarray, skipped: int, num_steps: int) -> None:
+    """``on_nonfinite="skip"``: a warning with the count, an error when no step counted."""
+    if skipped >= num_steps:
+        advice = (
+            f"With on_nonfinite='skip' all {num_steps} steps were skipped, so the params are still the initial "
+            "ones: check the data and the model for values outside a distribution's support."
+        )
+        raise NonFiniteLossError(0, state.params, state, losses[:0].copy(), advice=advice)
+    warnings.warn(
+        f"fit: {skipped} of {num_steps} steps were skipped for a non-finite loss or gradient "
+        "(on_nonfinite='skip'): they left the params as they were, and their losses are NaN in result.losses.",
+        RuntimeWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside jaxguides: a warning points at the user's call."""
+    frame, level, package = sys._getframe(1), 1, os.path.dirname(__file__)
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == package:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _end(stop: int, layout: PlateLayout | None) -> Any:
@@ -852,22 +966,20 @@ def _end(stop: int, layout: PlateLayout | None) -> Any:
     return end if layout is None else place(end, layout.replicated)
 
 
-_COMPILER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxguides-compile")
+# Two threads: the chunk and init compile side by side (XLA releases the GIL).
+_COMPILER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="jaxguides-compile")
 
 
-def _compile_ahead(
-    init: Callable[..., SVIState], chunk_static: dict[str, Any], rng_key: jax.Array, end: jax.Array, dynamic: list[Any]
-) -> concurrent.futures.Future[Any]:
-    """Compile the chunk on a second thread while ``init`` compiles and runs.
+def _compile_beside(fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+    """Trace ``fn(*args)`` (a ``functools.partial`` of a jitted function) here
+    and compile it on a compile thread.
 
-    Tracing stays on this thread (NumPyro's handler stack is global); only
-    XLA's compilation, which releases the GIL, runs beside ``init``'s. The
-    compiled chunk lands in ``_run_chunk``'s cache, so the first chunk finds
-    it there. A failure here is left to the real call to report.
+    Tracing stays on this thread (NumPyro's handler stack is global). The
+    compiled program lands in the jitted function's cache, so the real call
+    finds it there. A failure here is left to the real call to report.
     """
     try:
-        abstract = jax.eval_shape(init, rng_key, dynamic)
-        lowered = _run_chunk.lower(abstract, end, dynamic, **chunk_static)
+        lowered = fn.func.lower(*args, **fn.keywords)
     except Exception:  # noqa: BLE001 - the real call raises it properly
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         done.set_result(None)
@@ -882,6 +994,23 @@ def _compile_ahead(
     return _COMPILER.submit(compile_quietly)
 
 
+def _compile_ahead(
+    init: Callable[..., SVIState], chunk_static: dict[str, Any], rng_key: jax.Array, end: jax.Array, dynamic: list[Any]
+) -> concurrent.futures.Future[Any]:
+    """Compile the chunk from the shapes of ``init``'s state, while ``init`` compiles and runs."""
+    try:
+        abstract = jax.eval_shape(init, rng_key, dynamic)
+    except Exception:  # noqa: BLE001 - the real call raises it properly
+        abstract = None
+    return _compile_beside(functools.partial(_run_chunk, **chunk_static), abstract, end, dynamic)
+
+
+def _wait(compiling: list[concurrent.futures.Future[Any]]) -> None:
+    """Wait for the compile threads: a wait in Python, so SIGINT's handler runs at once."""
+    while compiling:
+        compiling.pop().result()
+
+
 # (guide, chunk's static args, argument avals) fit has compiled -> the chunk's
 # last measured seconds per step (None until a chunk of >= 64 steps has run)
 _SEEN: dict[Any, float | None] = {}
@@ -892,10 +1021,12 @@ def _avals(tree: Any) -> tuple[Any, ...]:
     return treedef, tuple((np.shape(x), _dtype(x)) for x in leaves)
 
 
-def _save(path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int) -> None:
+def _save(
+    path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int, run: Record | None = None
+) -> None:
     state = gather(state)  # a sharded state, whole on every process (a no-op on one process)
     if jax.process_index() == 0:
-        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped})
+        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped, "run": run})
     if jax.process_count() > 1:  # nobody goes on before the file is complete
         multihost_utils.sync_global_devices(f"jaxguides checkpoint {os.fspath(path)}")
 
@@ -955,6 +1086,7 @@ def fit_many(
     return _with_concrete_args("fit_many", run, model, args, kwargs, static_argnames)
 
 
+@interruptible(lambda result: _interrupted_late(result))
 def _fit_many(
     model: Callable[..., Any],
     guide: Any,
@@ -979,15 +1111,23 @@ def _fit_many(
         _check_init(guide, rng_keys[0], args, kwargs)
     optimizer = canonical(as_optax(optimizer))
     loss_fn = elbo_loss(model, guide) if loss is None else loss
-    state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+    for member in nonfinite_members(dynamic) if batched_args else [None]:  # NaN data: named before compiling
+        data = (args, kwargs) if member is None else _combine([None if x is None else x[member] for x in dynamic], static)
+        check_finite_data(model, *data)
     k = len(rng_keys)
-    losses = np.full((k, num_steps), np.nan, np.float32)
-    skipped = np.zeros(k, np.int64)
-    length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
-    end = jnp.asarray(num_steps, jnp.int32)
-    step = 0
-    with _progress(progress_bar, total=num_steps, desc=f"fit x{k}") as bar:
+    interrupts = current_interrupts()
+    with _progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
+        state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+        losses = np.full((k, num_steps), np.nan, np.float32)
+        skipped = np.zeros(k, np.int64)
+        length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
+        end = jnp.asarray(num_steps, jnp.int32)
+        step = done = 0
+        _begin_steps(bar, 0, f"fit x{k}: compiling")  # the first chunk compiles, unless cached
         while step < num_steps:
+            if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
+                bar.set_description(f"fit x{k}: interrupted", refresh=False)
+                raise FitInterrupted(step, state.params, state, losses[:, :step].copy())
             out = _run_chunk_many(
                 state,
                 end,
@@ -1004,6 +1144,13 @@ def _fit_many(
             losses[:, step : step + done] = chunk_losses[:, :done]
             skipped += chunk_skipped
             state, step = out.state, step + done
-            bar.set_postfix(loss=f"{_nanmean(losses[:, step - done : step]):.4g}", refresh=False)
+            if progress_bar:
+                if step == done:
+                    bar.set_description(f"fit x{k}", refresh=False)
+                mean = _nanmean(losses[:, step - done : step])
+                bar.set_postfix_str(f"loss (mean over fits, last chunk)={mean:.4g}", refresh=False)
             bar.update(done)
+        if done and progress_bar:  # the last line: what the result holds
+            last = _nanmean(losses[:, step - 1])
+            bar.set_postfix_str(f"loss (mean over fits, last {done} steps)={mean:.4g}, last={last:.4g}", refresh=False)
     return FitResult(state.params, losses, state, skipped)

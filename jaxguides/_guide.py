@@ -20,9 +20,9 @@ from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
-from jaxguides._numpyro_guide import call_as_numpyro_guide
 from jaxguides._identity import config_difference, model_config, model_name
-from jaxguides._sites import LatentSite, ModelSites, call_signature, check_init_values
+from jaxguides._numpyro_guide import call_as_numpyro_guide
+from jaxguides._sites import LatentSite, ModelSites, call_signature, check_init_values, check_scan_body
 from jaxguides._subsample import Indices, user_plate_indices
 
 __all__ = ["Draw", "GuideBase"]
@@ -221,9 +221,15 @@ class _ShapeGuard(Messenger):
         self.shapes = {s.name: s.shape for s in sites.latents}
 
     def process_message(self, msg: dict[str, Any]) -> None:
-        if msg["type"] != "sample" or msg["is_observed"] or msg["name"] not in self.shapes:
+        check_scan_body(msg, self._check)  # a scan's steps, before the latents are substituted into them
+        if msg["type"] != "sample" or msg["is_observed"]:
             return
-        name, got, want = msg["name"], tuple(msg["fn"].shape()), self.shapes[msg["name"]]
+        self._check(msg["name"], msg["fn"], tuple(msg["fn"].shape()))  # a scanned site's: stacked, (T, ...)
+
+    def _check(self, name: str, fn: Any, got: tuple[int, ...]) -> None:
+        if name not in self.shapes:
+            return
+        want = self.shapes[name]
         if got != want:
             raise SiteError(
                 name,
@@ -272,6 +278,6 @@ def _without_deterministic(
         f"the deterministic sites {list(sites.deterministic)} of {model_name(model)} are left out: they "
         f"are computed by running the model with the args of this call, and {why}. Pass the model's "
         "args, e.g. guide.median(params, *args, **kwargs) or guide.sample(params, key, *args).",
-        stacklevel=3,
+        stacklevel=4,  # the caller of median / quantiles / sample
     )
     return latents

@@ -232,7 +232,9 @@ class AutoGuideList(GuideBase):
         self.check_params(params)
         total = jnp.zeros(())
         for guide, part in zip(self.guides, params.parts):
-            total = total + guide.log_prob(part, {n: values[n] for n in part.sites.names if n in values}, *args, **kwargs)
+            total = total + guide.log_prob(
+                part, {n: values[n] for n in part.sites.names if n in values}, *args, **kwargs
+            )
         return total
 
     def get_posterior(self, params: AutoGuideListParams) -> dict[str, dist.Distribution]:

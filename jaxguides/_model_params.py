@@ -84,7 +84,7 @@ def describe_params(
             ) from None
         spec, data = split_support(constraint)
         sites.append(ParamSite(name, spec))
-        values[name] = jax.tree.map(lambda x: _strong(transform.inv(x)), site["value"])
+        values[name] = jax.tree.map(lambda x, inv=transform.inv: _strong(inv(x)), site["value"])
         support[name] = data
     return tuple(sites), values, support, jax.tree.map(_strong, state)
 

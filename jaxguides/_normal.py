@@ -66,7 +66,6 @@ class AutoNormalParams:
         """The guide's scale per site, ``softplus(raw_scale)``."""
         return {k: _SCALE(v) for k, v in self.raw_scale.items()}
 
-
     @property
     def model_param_values(self) -> dict[str, Any]:
         """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""

@@ -77,8 +77,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxguides._elbo import ELBOLoss
-from jaxguides._trained import trained_part
 from jaxguides._sites import LatentSite, ModelSites
+from jaxguides._trained import trained_part
 
 __all__ = [
     "PlateLayout",

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import PyTreeDef
 from numpyro import handlers
+from numpyro.contrib.control_flow.scan import scan_wrapper
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import IdentityTransform, IndependentTransform, Transform, biject_to
 from numpyro.distributions.util import periodic_repeat
@@ -44,6 +45,7 @@ __all__ = [
     "PlateFrame",
     "call_signature",
     "check_init_values",
+    "check_scan_body",
     "model_name",
     "trace_model",
 ]
@@ -201,11 +203,17 @@ class _SiteGuard(Messenger):
         self.last_site: str | None = None
 
     def process_message(self, msg: dict[str, Any]) -> None:
+        check_scan_body(msg, self._check_step)  # a scan's steps: this guard sees their sites stacked, after
         if msg.get("name") is not None and msg["type"] in ("sample", "deterministic", "plate"):
             self.last_site = msg["name"]
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         check_continuous(msg["name"], msg["fn"])
+
+    def _check_step(self, name: str, fn: Any, stacked_shape: tuple[int, ...]) -> None:
+        """A latent site of a scan step, before the init strategy sees it."""
+        self.last_site = name
+        check_continuous(name, fn)
 
     def postprocess_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
@@ -221,11 +229,11 @@ def check_scan_body(msg: dict[str, Any], check: Callable[[str, Any, tuple[int, .
     fails there first (a substituted series of another length than ``T``
     raises NumPyro's own error, or is padded with prior draws). Only the
     substitutions in scan's ``substitute_stack`` reach each step, so ``check``
-    goes there, first in the stack (before any value is substituted), and
+    goes there, first (before any value is substituted), and
     sees the step's site with the shape it stacks to: ``(T,) + step shape``.
     ``msg`` is any message; only a scan's ``control_flow`` message is acted on.
     """
-    if msg["type"] != "control_flow" or msg["fn"].__name__ != "scan_wrapper":
+    if msg["type"] != "control_flow" or msg["fn"] is not scan_wrapper:
         return
     _, _, xs, length, _ = msg["args"]
     if length is None:
@@ -236,7 +244,7 @@ def check_scan_body(msg: dict[str, Any], check: Callable[[str, Any, tuple[int, .
             shape = (int(length),) + tuple(site["kwargs"].get("sample_shape", ())) + tuple(site["fn"].shape())
             check(site["name"], site["fn"], shape)
 
-    msg["kwargs"]["substitute_stack"].append(("substitute", check_step))
+    msg["kwargs"]["substitute_stack"].insert(0, ("substitute", check_step))  # innermost in each step
 
 
 def check_continuous(name: str, fn: Any) -> None:

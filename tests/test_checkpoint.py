@@ -92,9 +92,9 @@ def test_fit_writes_checkpoint_every_n_steps(tmp_path, monkeypatch, uninterrupte
     saved = []
     real_save = fit_module._save
 
-    def spy(path, state, losses, skipped):
+    def spy(path, state, losses, skipped, *run):
         saved.append((int(state.step), len(losses)))
-        real_save(path, state, losses, skipped)
+        real_save(path, state, losses, skipped, *run)
 
     monkeypatch.setattr(fit_module, "_save", spy)
     path = tmp_path / "run.ckpt"
@@ -236,16 +236,30 @@ def test_checkpoint_of_another_fit_is_refused(tmp_path):
     jg.fit(
         other_model, jg.AutoNormal(other_model), OPT, jax.random.PRNGKey(0), 10, Y, checkpoint=path, progress_bar=False
     )
-    _refused(path, "another model")
-    # another data shape, another optimizer state, another guide type
-    for model_, guide, opt, y in [
-        (model, GUIDE, OPT, Y[:5]),
-        (model, GUIDE, optax.sgd(0.1), Y),
-        (model, jg.AutoDelta(model), OPT, Y),
+    err = _refused(path, "another run: model: test_checkpoint.other_model in the checkpoint, test_checkpoint.model in")
+    assert "optimizer" not in str(err) and "data of" not in str(err)  # only what differs is named
+    # another data shape, other data, another optimizer, another guide type, another key
+    for model_, guide, opt, y, key, what in [
+        (model, GUIDE, OPT, Y[:5], 0, r"shape of y \(args\[0\]\): float32\[5\] in the checkpoint, float32\[10\] in"),
+        (model, GUIDE, OPT, Y + 1.0, 0, r"data of y \(args\[0\]\): other values"),
+        (model, GUIDE, optax.sgd(0.1), Y, 0, "optimizer: "),
+        (model, GUIDE, optax.adam(0.03), Y, 0, "optimizer: .*0.03"),
+        (model, jg.AutoDelta(model), OPT, Y, 0, "guide: jaxguides._delta.AutoDelta"),
+        (model, GUIDE, OPT, Y, 1, r"key: \[0, 1\] in the checkpoint, \[0, 0\] in"),
     ]:
-        jg.fit(model_, guide, opt, jax.random.PRNGKey(0), 10, y, checkpoint=path.with_suffix(".b"), progress_bar=False)
+        jg.fit(model_, guide, opt, jax.random.PRNGKey(key), 10, y, checkpoint=path.with_suffix(".b"), progress_bar=False)
         os.replace(path.with_suffix(".b"), path)
-        _refused(path, "another model")
+        _refused(path, "another run: .*" + what)
+
+
+def test_checkpoint_without_a_run_record_is_refused(tmp_path):
+    """A checkpoint of an older jaxguides (no record of its run) is refused, not trusted."""
+    path = tmp_path / "run.ckpt"
+    _run(10, checkpoint=path)
+    payload = jg.load_checkpoint(path)
+    del payload["run"]
+    jg.save_checkpoint(path, payload)
+    _refused(path, "no record of the run that wrote it")
 
 
 def test_checkpoint_past_num_steps_is_refused(tmp_path):

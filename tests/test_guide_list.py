@@ -33,7 +33,9 @@ def model(x, y=None):
 def pair(first, second, ours=True):
     """(jg, NumPyro) lists: ``first`` over sigma, ``second`` over the rest."""
     if ours:
-        return jg.AutoGuideList([first(handlers.block(model, expose=["sigma"])), second(handlers.block(model, hide=["sigma"]))])
+        return jg.AutoGuideList(
+            [first(handlers.block(model, expose=["sigma"])), second(handlers.block(model, hide=["sigma"]))]
+        )
     guide = autoguide.AutoGuideList(model)
     guide.append(first(handlers.block(model, expose=["sigma"])))
     guide.append(second(handlers.block(model, hide=["sigma"])))
@@ -127,17 +129,23 @@ def test_fit_many_checkpoint_and_model_params_on_a_list(tmp_path):
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("y", dist.Normal(x @ b + c, noise), obs=y)
 
-    guide = jg.AutoGuideList([jg.AutoDelta(handlers.block(noisy, expose=["b"])), jg.AutoNormal(handlers.block(noisy, hide=["b"]))])
+    guide = jg.AutoGuideList(
+        [jg.AutoDelta(handlers.block(noisy, expose=["b"])), jg.AutoNormal(handlers.block(noisy, hide=["b"]))]
+    )
     assert hash(guide) == hash(jg.AutoGuideList(list(guide.guides)))
     whole = jg.fit(noisy, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, X, Y, progress_bar=False)
     assert "noise" in jg.to_numpyro_params(guide, whole.params)
     assert float(whole.params.model_param_values["noise"]) < 0.6  # learned from 1.0 towards 0.3
     path = tmp_path / "list.ckpt"
     jg.fit(noisy, guide, optax.adam(0.05), jax.random.PRNGKey(1), 120, X, Y, progress_bar=False, checkpoint=path)
-    resumed = jg.fit(noisy, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, X, Y, progress_bar=False, checkpoint=path)
+    resumed = jg.fit(
+        noisy, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, X, Y, progress_bar=False, checkpoint=path
+    )
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
         np.testing.assert_array_equal(a, b)
-    many = jg.fit_many(noisy, guide, optax.adam(0.05), jax.random.split(jax.random.PRNGKey(0), 2), 200, X, Y, progress_bar=False)
+    many = jg.fit_many(
+        noisy, guide, optax.adam(0.05), jax.random.split(jax.random.PRNGKey(0), 2), 200, X, Y, progress_bar=False
+    )
     assert many.params.model_params["noise"].shape == (2,)
     back = jg.from_numpyro_params(guide, jg.to_numpyro_params(guide, whole.params), jax.random.PRNGKey(0), X, Y)
     for a, b in zip(jax.tree.leaves(back.parts), jax.tree.leaves(whole.params.parts)):

@@ -219,7 +219,9 @@ def test_fit_many_checkpoint_and_sparse_adam_carry_model_params(tmp_path):
     path = tmp_path / "run.ckpt"
     whole = jg.fit(noise_model, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, Y, progress_bar=False)
     jg.fit(noise_model, guide, optax.adam(0.05), jax.random.PRNGKey(1), 100, Y, progress_bar=False, checkpoint=path)
-    resumed = jg.fit(noise_model, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, Y, progress_bar=False, checkpoint=path)
+    resumed = jg.fit(
+        noise_model, guide, optax.adam(0.05), jax.random.PRNGKey(1), 200, Y, progress_bar=False, checkpoint=path
+    )
     assert resumed.params.model_params["noise"] == whole.params.model_params["noise"]
 
     sparse = jg.fit(noise_model, guide, jg.sparse_adam(0.05), jax.random.PRNGKey(1), 200, Y, progress_bar=False)

@@ -10,7 +10,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from models import MODELS, cases
+from models import cases
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 
@@ -32,7 +32,21 @@ def _numpyro_guide(cls, case):
 
 
 @pytest.mark.parametrize("kind", sorted(GUIDES))
-@pytest.mark.parametrize("case", cases(["real", "positive", "interval", "simplex", "corr_cholesky", "lower_cholesky", "nested_plates", "subsampled_nested"]))
+@pytest.mark.parametrize(
+    "case",
+    cases(
+        [
+            "real",
+            "positive",
+            "interval",
+            "simplex",
+            "corr_cholesky",
+            "lower_cholesky",
+            "nested_plates",
+            "subsampled_nested",
+        ]
+    ),
+)
 @pytest.mark.allow_rank_promotion  # NumPyro's guides and Predictive broadcast implicitly
 def test_guide_draws_what_numpyro_guide_draws(kind, case):
     ours_cls, theirs_cls = GUIDES[kind]
@@ -84,10 +98,13 @@ def test_numpyro_svi_takes_our_guide(kind):
     """NumPyro's SVI with our guide: the same params, loss and steps as with its own."""
     ours_cls, theirs_cls = GUIDES[kind]
     runs = []
-    for guide in (ours_cls(regression, init_loc_fn=jg.init_to_feasible), theirs_cls(regression, init_loc_fn=jg.init_to_feasible)):
+    for guide in (
+        ours_cls(regression, init_loc_fn=jg.init_to_feasible),
+        theirs_cls(regression, init_loc_fn=jg.init_to_feasible),
+    ):
         svi = SVI(regression, guide, numpyro.optim.Adam(0.05), Trace_ELBO())
         state = svi.init(jax.random.PRNGKey(0), X, Y)
-        state, losses = jax.lax.scan(lambda s, _: svi.update(s, X, Y), state, length=100)
+        state, losses = jax.lax.scan(lambda s, _, svi=svi: svi.update(s, X, Y), state, length=100)
         runs.append((svi.get_params(state), losses))
     (ours, our_losses), (theirs, their_losses) = runs
     assert set(ours) == set(theirs)

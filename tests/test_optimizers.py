@@ -57,7 +57,12 @@ def test_numpyro_optimizer_in_svi_and_fit_many():
     state, _ = jax.jit(algo.step)(state, Y)
     assert int(state.step) == 1
     many = jg.fit_many(
-        model, jg.AutoDelta(model), numpyro.optim.Adam(0.05), jax.random.split(jax.random.PRNGKey(0), 2), 300, Y,
+        model,
+        jg.AutoDelta(model),
+        numpyro.optim.Adam(0.05),
+        jax.random.split(jax.random.PRNGKey(0), 2),
+        300,
+        Y,
         progress_bar=False,
     )
     np.testing.assert_allclose(many.params.loc["loc"], np.full(2, float(Y.mean())), rtol=0.05)
