@@ -124,7 +124,9 @@ def _selected(
     for entry in static_argnames:
         if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
             if not -len(args) <= entry < len(args):
-                raise ValueError(f"static_argnames has position {entry}, but the model gets {len(args)} positional args")
+                raise ValueError(
+                    f"static_argnames has position {entry}, but the model gets {len(args)} positional args"
+                )
             chosen.add(int(entry) % len(args))
         elif isinstance(entry, str) and entry in kwargs:
             chosen.add(entry)

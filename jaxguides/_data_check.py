@@ -75,7 +75,9 @@ def check_finite_data(model: Callable[..., Any], args: tuple[Any, ...], kwargs: 
     if not counts:
         return
     labels = leaf_labels(model, args, kwargs)
-    held = ", ".join(f"{labels[i]} holds {n} non-finite value{'s' if n > 1 else ''} (NaN or inf)" for i, n in counts.items())
+    held = ", ".join(
+        f"{labels[i]} holds {n} non-finite value{'s' if n > 1 else ''} (NaN or inf)" for i, n in counts.items()
+    )
     unmasked, reached = [], None
     # NumPyro's argument checks would refuse the NaN itself, and its support check warns on it
     with warnings.catch_warnings(), validation_enabled(False):

@@ -151,6 +151,7 @@ class _ModelGuard(Messenger):
             return
         msg["value"] = own if own is not None else msg["fn"](*msg["args"], **msg["kwargs"])
 
+
 def _subsample_shape(site: Any, indices: Indices) -> tuple[int, ...]:
     shape = list(site.shape)
     for frame in site.plates:

@@ -776,7 +776,7 @@ def fit(
         >>> result.losses.shape
         (500,)
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         loss=loss,
         progress_bar=progress_bar,
         checkpoint=checkpoint,
@@ -890,7 +890,9 @@ def _fit(
                 _save(checkpoint, state, losses[:step], skipped, run_id)
                 last_saved = step
             if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
-                bar.set_postfix_str(f"loss (mean of last chunk)={_nanmean(losses[step - done : step]):.4g}", refresh=False)
+                bar.set_postfix_str(
+                    f"loss (mean of last chunk)={_nanmean(losses[step - done : step]):.4g}", refresh=False
+                )
             bar.update(done)
         if done and progress_bar:  # the last line: what the result holds
             last = f"loss (mean of last {done} steps)={_nanmean(losses[step - done : step]):.4g}"
@@ -953,7 +955,8 @@ def _report_skipped(state: SVIState, losses: np.ndarray, skipped: int, num_steps
 
 def _caller_level() -> int:
     """The ``stacklevel`` of the first frame outside jaxguides: a warning points at the user's call."""
-    frame, level, package = sys._getframe(1), 1, os.path.dirname(__file__)
+    frame: Any = sys._getframe(1)
+    level, package = 1, os.path.dirname(__file__)
     while frame is not None and os.path.dirname(frame.f_code.co_filename) == package:
         frame, level = frame.f_back, level + 1
     return level
@@ -1081,7 +1084,9 @@ def fit_many(
         :class:`FitResult` with params stacked on a leading K axis and
         ``losses`` of shape ``[K, num_steps]``.
     """
-    options = dict(batched_args=batched_args, loss=loss, progress_bar=progress_bar, chunk_size=chunk_size)
+    options: dict[str, Any] = dict(
+        batched_args=batched_args, loss=loss, progress_bar=progress_bar, chunk_size=chunk_size
+    )
     run = functools.partial(_fit_many, model, guide, optimizer, rng_keys, num_steps, **options)
     return _with_concrete_args("fit_many", run, model, args, kwargs, static_argnames)
 
@@ -1112,12 +1117,16 @@ def _fit_many(
     optimizer = canonical(as_optax(optimizer))
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     for member in nonfinite_members(dynamic) if batched_args else [None]:  # NaN data: named before compiling
-        data = (args, kwargs) if member is None else _combine([None if x is None else x[member] for x in dynamic], static)
+        data = (
+            (args, kwargs) if member is None else _combine([None if x is None else x[member] for x in dynamic], static)
+        )
         check_finite_data(model, *data)
     k = len(rng_keys)
     interrupts = current_interrupts()
     with _progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
-        state = _init_many(rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+        state = _init_many(
+            rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args
+        )
         losses = np.full((k, num_steps), np.nan, np.float32)
         skipped = np.zeros(k, np.int64)
         length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)

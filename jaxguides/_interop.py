@@ -98,7 +98,7 @@ def _model_param_values(numpyro_params: dict[str, ArrayLike], params: Params) ->
                 "pass the whole svi.get_params(state) dict.",
             )
         value, like = numpyro_params[site.name], params.model_params[site.name]
-        if jax.tree.structure(value) != jax.tree.structure(like) or any(
+        if jax.tree.structure(value) != jax.tree.structure(like) or any(  # type: ignore[operator]
             jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(like))
         ):
             raise SiteError(

@@ -51,7 +51,7 @@ def call_as_numpyro_guide(guide: Any, args: tuple[Any, ...], kwargs: dict[str, A
             f = frames[name]
             plates[name] = numpyro.plate(name, f.size, dim=f.dim, subsample_size=f.subsample_size)
     normal = hasattr(params, "raw_scale")
-    declared = {}
+    declared: dict[str, tuple[Any, ...]] = {}
     probe = _InitProbe(init)
     with probe:  # the params first: which of them the caller substituted
         for site in sites.latents:

@@ -121,7 +121,9 @@ def _structure(obj: Any, depth: int, active: set[int]) -> str:
     try:
         inner = functools.partial(_structure, depth=depth - 1, active=active)
         if isinstance(obj, dict):
-            return "{" + ", ".join(f"{k!r}: {inner(v)}" for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))) + "}"
+            return (
+                "{" + ", ".join(f"{k!r}: {inner(v)}" for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))) + "}"
+            )
         if isinstance(obj, (tuple, list)):
             name = type(obj).__name__ if hasattr(obj, "_fields") else ""
             return f"{name}(" + ", ".join(inner(v) for v in obj) + ")"

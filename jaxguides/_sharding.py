@@ -234,7 +234,7 @@ class PlateLayout:
             if x is None:
                 return None
             for treedef, shapes, shardings in known:
-                if jax.tree.structure(x) == treedef and [np.shape(y) for y in jax.tree.leaves(x)] == shapes:
+                if jax.tree.structure(x) == treedef and [np.shape(y) for y in jax.tree.leaves(x)] == shapes:  # type: ignore[operator]
                     return shardings
             return None
 

@@ -70,7 +70,12 @@ def main(argv: list[str]) -> None:
     import jaxguides as jg
     from jaxguides import _fit, _interrupt
 
-    real_install, real_compile_ahead, real_read, chunks = _interrupt.Interrupts.install, _fit._compile_ahead, _fit._read, []
+    real_install, real_compile_ahead, real_read, chunks = (
+        _interrupt.Interrupts.install,
+        _fit._compile_ahead,
+        _fit._read,
+        [],
+    )
 
     def install(self):
         real_install(self)

@@ -247,7 +247,9 @@ def test_checkpoint_of_another_fit_is_refused(tmp_path):
         (model, jg.AutoDelta(model), OPT, Y, 0, "guide: jaxguides._delta.AutoDelta"),
         (model, GUIDE, OPT, Y, 1, r"key: \[0, 1\] in the checkpoint, \[0, 0\] in"),
     ]:
-        jg.fit(model_, guide, opt, jax.random.PRNGKey(key), 10, y, checkpoint=path.with_suffix(".b"), progress_bar=False)
+        jg.fit(
+            model_, guide, opt, jax.random.PRNGKey(key), 10, y, checkpoint=path.with_suffix(".b"), progress_bar=False
+        )
         os.replace(path.with_suffix(".b"), path)
         _refused(path, "another run: .*" + what)
 

@@ -216,7 +216,9 @@ def test_functools_wrapped_model_fits_as_numpyro_svi(guide_cls):
     assert set(params.sites.names) == {"mu", "s"}
     assert set(guide.median(params, X6)) == {"mu", "s", "mu2"}  # deterministic sites: the call binds
     if guide_cls is jg.AutoDelta:  # the same steps as NumPyro's SVI on the same wrapped model
-        losses, np_params = numpyro_svi_losses(WRAPPED, autoguide.AutoDelta(WRAPPED, init_loc_fn=jg.init_to_feasible), (X6,), 100)
+        losses, np_params = numpyro_svi_losses(
+            WRAPPED, autoguide.AutoDelta(WRAPPED, init_loc_fn=jg.init_to_feasible), (X6,), 100
+        )
         result = jg.fit(WRAPPED, guide, numpyro.optim.Adam(0.05), KEY, 100, X6, progress_bar=False)
         assert_same_fit(result, guide, losses, np_params)
     # a genuinely wrong call is still refused with the model's real signature
@@ -276,7 +278,9 @@ def test_full_data_loss_of_an_observed_subsampled_plate_matches_numpyro():
             observed_plate(data, subsample_size)
         seen.append(tr["data"]["value"].shape[0])
 
-    jax.jit(jg.elbo_loss(spy, jg.AutoDelta(spy)), static_argnums=3)(jg.AutoDelta(spy).init(KEY, DATA, 50), KEY, DATA, 20)
+    jax.jit(jg.elbo_loss(spy, jg.AutoDelta(spy)), static_argnums=3)(
+        jg.AutoDelta(spy).init(KEY, DATA, 50), KEY, DATA, 20
+    )
     assert seen[-1] == 20
     n = 2000
     draws = np.asarray(jax.jit(jax.vmap(lambda k: loss(params, k, DATA, 20)))(jax.random.split(KEY, n)))
@@ -320,7 +324,9 @@ def test_refusals_that_prevent_a_wrong_answer_are_kept():
     guide = jg.AutoNormal(local)
     params = guide.init(KEY, DATA, 50)
     loss = jg.elbo_loss(local, guide)
-    with pytest.raises(jg.SiteError, match="size 300.*size 200 at guide.init.*'z'") as info:  # the params are of size 200
+    with pytest.raises(
+        jg.SiteError, match="size 300.*size 200 at guide.init.*'z'"
+    ) as info:  # the params are of size 200
         loss(params, KEY, jnp.ones(300), 50)
     assert info.value.site == "z"
     with pytest.raises(jg.SiteError, match="subsample 20.*50 rows"):  # the guide's rows are init's 50
