@@ -103,7 +103,7 @@ class AutoDelta(GuideBase):
         """``{site: point}`` in constrained space (plus deterministic sites given args)."""
         sites = self.check_params(params)
         out = {s.name: self._point(s, params) for s in sites.latents}
-        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs)
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, params=params)
 
     def sample(
         self,
@@ -119,7 +119,7 @@ class AutoDelta(GuideBase):
         out = {
             s.name: jnp.broadcast_to(v, sample_shape + v.shape) for s in sites.latents for v in [self._point(s, params)]
         }
-        return self.with_deterministic(sites, out, rng_key, args, kwargs, sample_shape)
+        return self.with_deterministic(sites, out, rng_key, args, kwargs, sample_shape, params=params)
 
     def log_prob(self, params: AutoDeltaParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any) -> jax.Array:
         """0 when ``values`` is the point, ``-inf`` elsewhere (a scalar)."""

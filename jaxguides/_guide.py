@@ -21,6 +21,7 @@ from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
 from jaxguides._identity import config_difference, model_config, model_name
+from jaxguides._model_params import model_substitutions
 from jaxguides._numpyro_guide import call_as_numpyro_guide
 from jaxguides._sites import LatentSite, ModelSites, call_signature, check_init_values, check_scan_body
 from jaxguides._subsample import Indices, user_plate_indices
@@ -169,8 +170,10 @@ class GuideBase:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         batch_shape: tuple[int, ...] = (),
+        params: Any = None,
     ) -> dict[str, jax.Array]:
-        """``latents`` plus the model's deterministic sites computed from them.
+        """``latents`` plus the model's deterministic sites computed from them
+        (and from the model's own param and mutable sites in ``params``).
 
         The model is run with ``args`` (at full plate size) if it has
         deterministic sites. They are the model's own function of its args, so
@@ -188,10 +191,11 @@ class GuideBase:
             return _without_deterministic(self.model, sites, latents, "it needs arguments")
         _check_call(self.model, args, kwargs)
         full = {p.name: jnp.arange(p.size) for p in sites.subsampled_plates}
+        fixed = model_substitutions(params) if params is not None else {}  # fitted, not init, model params
         model = _ShapeGuard(self.model, sites)
 
         def run(z: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
-            seeded = handlers.seed(handlers.substitute(model, data={**z, **full}), key)
+            seeded = handlers.seed(handlers.substitute(model, data={**z, **full, **fixed}), key)
             with warnings.catch_warnings():  # full-size plates warn that they are not subsampled
                 warnings.filterwarnings("ignore", message="subsample_size does not match")
                 tr = handlers.trace(seeded).get_trace(*args, **kwargs)

@@ -203,13 +203,13 @@ class AutoGuideList(GuideBase):
         keys = iter(jax.random.split(rng_key, len(self.guides) + 1))
         det_key = next(keys)
         out = self._merged(params, lambda g, p: g.sample(p, next(keys), sample_shape=sample_shape))
-        return self.with_deterministic(sites, out, det_key, args, kwargs, tuple(sample_shape))
+        return self.with_deterministic(sites, out, det_key, args, kwargs, tuple(sample_shape), params=params)
 
     def median(self, params: AutoGuideListParams, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
         """Every part's median (an ``AutoDelta`` part's point)."""
         sites = self.check_params(params)
         out = self._merged(params, lambda g, p: g.median(p))
-        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs)
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, params=params)
 
     def quantiles(
         self, params: AutoGuideListParams, qs: Sequence[float] | ArrayLike, *args: Any, **kwargs: Any
@@ -223,7 +223,8 @@ class AutoGuideList(GuideBase):
                 return guide.quantiles(p, qs)
             return {k: jnp.broadcast_to(v, (n,) + v.shape) for k, v in guide.median(p).items()}
 
-        return self.with_deterministic(sites, self._merged(params, part), jax.random.PRNGKey(0), args, kwargs, (n,))
+        merged = self._merged(params, part)
+        return self.with_deterministic(sites, merged, jax.random.PRNGKey(0), args, kwargs, (n,), params=params)
 
     def log_prob(
         self, params: AutoGuideListParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any

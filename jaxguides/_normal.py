@@ -212,7 +212,7 @@ class AutoNormal(GuideBase):
             loc, scale = params.loc[site.name], _SCALE(params.raw_scale[site.name])
             u = jnp.broadcast_to(loc, eps.shape) + jnp.broadcast_to(scale, eps.shape) * eps  # no rank promotion
             out[site.name] = site.transform(params.support[site.name])(u)
-        return self.with_deterministic(sites, out, det_key, args, kwargs, sample_shape)
+        return self.with_deterministic(sites, out, det_key, args, kwargs, sample_shape, params=params)
 
     def log_prob(self, params: AutoNormalParams, values: dict[str, ArrayLike], *args: Any, **kwargs: Any) -> jax.Array:
         """Guide log density of constrained ``values`` (Jacobian included), a scalar.
@@ -236,7 +236,7 @@ class AutoNormal(GuideBase):
         """``{site: biject_to(support)(loc)}`` (plus deterministic sites given args)."""
         sites = self.check_params(params)
         out = {s.name: s.transform(params.support[s.name])(params.loc[s.name]) for s in sites.latents}
-        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs)
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, params=params)
 
     def quantiles(
         self, params: AutoNormalParams, qs: Sequence[float] | ArrayLike, *args: Any, **kwargs: Any
@@ -257,7 +257,7 @@ class AutoNormal(GuideBase):
             q = jnp.broadcast_to(qs.reshape((-1,) + (1,) * loc.ndim).astype(loc.dtype), shape)
             u = dist.Normal(jnp.broadcast_to(loc, shape), jnp.broadcast_to(scale, shape)).icdf(q)  # no rank promotion
             out[s.name] = s.transform(params.support[s.name])(u)
-        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, (qs.size,))
+        return self.with_deterministic(sites, out, jax.random.PRNGKey(0), args, kwargs, (qs.size,), params=params)
 
     # ---- for the ELBO ------------------------------------------------------------
     def draw(

@@ -400,3 +400,29 @@ def test_reparam_deterministic_sites_of_autodelta_match_numpyro():
     np.testing.assert_allclose(median["theta"], theirs["theta"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(draws["theta"], theirs["theta"], rtol=1e-5, atol=1e-6)
     assert set(median) == set(draws) == {"mu", "tau", "theta_decentered", "theta"}
+
+
+def test_deterministic_sites_use_the_fitted_model_params():
+    """A deterministic site of a numpyro.param is computed with the fitted value, as
+    NumPyro's Predictive on the same params has it (NumPyro's own
+    AutoDelta.sample_posterior runs the model with the param's init value)."""
+
+    def model(y):
+        w = numpyro.param("w", 1.0, constraint=dist.constraints.positive)
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.deterministic("d", w * mu)
+        numpyro.sample("y", dist.Normal(w * mu, 1.0), obs=y)
+
+    y = jnp.array([3.0, 4.0])
+    guide = jg.AutoDelta(model)
+    result = jg.fit(model, guide, optax.adam(0.05), KEY, 200, y, progress_bar=False)
+    w = result.params.model_param_values["w"]
+    assert abs(float(w) - 1.0) > 0.1  # trained away from its init
+    ng = autoguide.AutoDelta(model)
+    with numpyro_side():
+        np_params = jg.to_numpyro_params(guide, result.params)
+        predictive = numpyro.infer.Predictive(model, guide=ng, params=np_params, num_samples=1)
+        theirs = predictive(jax.random.PRNGKey(1), y)["d"][0]
+    for out in (guide.median(result.params, y), guide.sample(result.params, KEY, y)):
+        np.testing.assert_allclose(out["d"], w * out["mu"], rtol=1e-6)
+        np.testing.assert_allclose(out["d"], theirs, rtol=1e-5)
