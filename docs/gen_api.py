@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import pathlib
+import re
 import sys
 
 import jaxguides as jg
@@ -25,10 +26,12 @@ says how the pieces fit together.
 
 
 def _signature(obj: object, name: str) -> str:
+    """``name(signature)``, with default values that are functions named, not addressed."""
     try:
-        return f"{name}{inspect.signature(obj)}"  # type: ignore[arg-type]
+        text = f"{name}{inspect.signature(obj)}"  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return name
+    return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", text)
 
 
 def render() -> str:

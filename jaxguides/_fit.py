@@ -10,7 +10,11 @@ numbers from ``fold_in(rng_key, i)``; ``state.rng_key`` stays the key given.
 ``fit`` runs steps in compiled chunks (a ``lax.while_loop`` of up to
 ``chunk_size`` steps), shows a tqdm bar with the running loss between chunks,
 stops on a non-finite step with the last finite state (or skips such steps),
-and writes atomic checkpoints it resumes from bit for bit. ``fit_many`` fits K
+and writes atomic checkpoints it resumes from bit for bit (only for the run
+that wrote them: ``_run_identity.py``). It refuses NaN data first
+(``_data_check.py``), and stops on Ctrl-C at a chunk boundary
+(``_interrupt.py``); XLA compiles on two compile threads while the main thread
+traces and then waits, so that Ctrl-C is seen even during a long compile. ``fit_many`` fits K
 seeds (or K datasets) at once with ``vmap``.
 
 Subsampled plates: ``init`` gives every subsampled plate that the fit draws
@@ -712,9 +716,26 @@ def fit(
     steps; by default the first chunk has 64 steps (none if an earlier fit ran
     this chunk: its rate is known) and later ones about 0.25 s of work each
     (at most 4,096 steps), one compilation for any run length.
-    The progress bar shows the mean loss of the last chunk. Compilation is cached per (model, guide, loss,
-    optimizer, argument shapes); an optimizer built anew with the same
-    settings (``optax.adam(1e-2)`` written inline) counts as the same one.
+    The progress bar names its phase (``fit: tracing``, ``fit: compiling``,
+    then ``fit``) and shows ``loss (mean of last chunk)``; its last line gives
+    the last chunk's mean and ``last=``, ``result.losses[-1]``. Compilation is
+    cached per (model, guide, loss, optimizer, argument shapes); an optimizer
+    built anew with the same settings (``optax.adam(1e-2)`` written inline)
+    counts as the same one.
+
+    Array arguments are checked once for NaN / inf before compiling; one that
+    holds them makes the model run once, eagerly, and a ``ValueError`` names
+    the observed site that takes them unmasked (or the argument, when they
+    make another site's log density non-finite). Entries masked with
+    ``obs_mask=`` or ``handlers.mask`` are fine.
+
+    Ctrl-C (SIGINT, in the main thread) stops the fit at the next chunk
+    boundary, or as soon as tracing and compiling return, and raises
+    :class:`FitInterrupted` (a ``KeyboardInterrupt``) holding the ``params``,
+    ``state``, ``step`` and ``losses`` of the last completed step, after
+    writing the checkpoint when one is set. A second Ctrl-C ends the process
+    at once, even while XLA compiles. Outside ``fit`` Python's handler is left
+    as it was.
 
     Args:
         model, guide, optimizer: the NumPyro model, its guide, an optax optimizer.
@@ -735,12 +756,18 @@ def fit(
         progress_bar: show a tqdm bar.
         checkpoint: path of one checkpoint file. If it exists the fit resumes
             from it; it is (re)written atomically every ``checkpoint_every``
-            steps and at the end.
+            steps, at the end, on a non-finite stop and on Ctrl-C. It records
+            its run (model and its config, guide, optimizer, loss, key, the
+            arguments' shapes and dtypes and a fingerprint of their data), and
+            a checkpoint of another run is refused with
+            :class:`CheckpointError` naming what differs.
         checkpoint_every: steps between checkpoints (default: only at the end).
         on_nonfinite: ``"raise"`` stops at the first non-finite loss or
             gradient with :class:`NonFiniteLossError` holding the last finite
             params and state; ``"skip"`` leaves params unchanged on such steps,
-            goes on, and counts them in ``num_skipped``.
+            goes on, counts them in ``num_skipped`` and warns with the count
+            (``RuntimeWarning``); when every step was skipped it raises
+            :class:`NonFiniteLossError`.
         chunk_size: steps per compiled chunk (default: sized by time, above).
         mesh: a ``jax.sharding.Mesh`` to run on, data parallel (default: the
             default device). See ``jaxguides/_sharding.py``.
@@ -764,6 +791,13 @@ def fit(
     Returns:
         :class:`FitResult` with ``params``, ``losses`` (``np.ndarray[num_steps]``),
         the final ``state`` and ``num_skipped``.
+
+    Raises:
+        FitInterrupted: on Ctrl-C (``except jg.FitInterrupted as e: e.params``).
+        NonFiniteLossError: a non-finite step (``on_nonfinite="raise"``), or
+            every step skipped (``"skip"``).
+        CheckpointError: ``checkpoint`` is damaged or of another run.
+        ValueError: non-finite data the model would use unmasked.
 
     Examples:
         >>> import jax, optax, numpyro, numpyro.distributions as dist, jaxguides as jg
@@ -1078,7 +1112,9 @@ def fit_many(
     on (its count is in ``num_skipped[k]``). ``result.best()`` picks the fit
     with the lowest final loss. ``static_argnames`` keeps arguments concrete
     as in :func:`fit` (with the same fallback); a concrete argument is shared
-    by the K fits, never batched.
+    by the K fits, never batched. Non-finite data is refused as in
+    :func:`fit` (each dataset with ``batched_args``), and Ctrl-C raises
+    :class:`FitInterrupted` with the K fits' state at the last chunk boundary.
 
     Returns:
         :class:`FitResult` with params stacked on a leading K axis and
@@ -1123,39 +1159,46 @@ def _fit_many(
         check_finite_data(model, *data)
     k = len(rng_keys)
     interrupts = current_interrupts()
+    init = functools.partial(_init_many, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+    length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
+    run = functools.partial(
+        _run_chunk_many,
+        batched_args=batched_args,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        static=static,
+        length=length,
+        skip=True,
+    )
+    end = jnp.asarray(num_steps, jnp.int32)
     with _progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
-        state = _init_many(
-            rng_keys, dynamic, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args
-        )
+        compiling: list[concurrent.futures.Future[Any]] = []
+        try:  # compiled on the compile threads, as in fit (a cached program costs ~0.1 ms here)
+            compiling.append(_compile_beside(init, rng_keys, dynamic))
+            bar.set_description(f"fit x{k}: compiling")
+            _wait(compiling)
+            state = init(rng_keys, dynamic)
+            bar.set_description(f"fit x{k}: tracing")
+            compiling.append(_compile_beside(run, state, end, dynamic))
+            bar.set_description(f"fit x{k}: compiling")
+            _wait(compiling)
+        finally:  # XLA is never left compiling beside an exception
+            _wait(compiling)
         losses = np.full((k, num_steps), np.nan, np.float32)
         skipped = np.zeros(k, np.int64)
-        length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
-        end = jnp.asarray(num_steps, jnp.int32)
         step = done = 0
-        _begin_steps(bar, 0, f"fit x{k}: compiling")  # the first chunk compiles, unless cached
+        _begin_steps(bar, 0, f"fit x{k}")
         while step < num_steps:
             if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
                 bar.set_description(f"fit x{k}: interrupted", refresh=False)
                 raise FitInterrupted(step, state.params, state, losses[:, :step].copy())
-            out = _run_chunk_many(
-                state,
-                end,
-                dynamic,
-                batched_args=batched_args,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                static=static,
-                length=length,
-                skip=True,
-            )
+            out = run(state, end, dynamic)
             done = min(length, num_steps - step)
             chunk_losses, _, chunk_skipped = _read(out.report)
             losses[:, step : step + done] = chunk_losses[:, :done]
             skipped += chunk_skipped
             state, step = out.state, step + done
             if progress_bar:
-                if step == done:
-                    bar.set_description(f"fit x{k}", refresh=False)
                 mean = _nanmean(losses[:, step - done : step])
                 bar.set_postfix_str(f"loss (mean over fits, last chunk)={mean:.4g}", refresh=False)
             bar.update(done)
