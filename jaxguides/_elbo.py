@@ -132,7 +132,8 @@ class _ModelGuard(Messenger):
         fixed_by_model = own is not None and asked is not None and asked != size
         rows = msg["value"]
         n = rows.shape[0]
-        usable = size == frame.size and (n == asked if asked is not None else n == size or not frame.subsampled)
+        # all rows are usable too: a full-data evaluation (scaled by size / size = 1 on both sides)
+        usable = size == frame.size and (n in (asked, size) if asked is not None else n == size or not frame.subsampled)
         local = [s.name for s in self.sites.latents if any(f.name == frame.name for f in s.plates)]
         # (a plate with latents that was not subsampled at init is checked through their shapes, site by site)
         if local and frame.subsampled and not usable:
