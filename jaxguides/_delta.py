@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 from numpyro.infer.initialization import init_to_median
 
 from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import constrain_params
+from jaxguides._model_params import ModelParamValues
 from jaxguides._sites import LatentSite, ModelSites, trace_model
 from jaxguides._subsample import Indices, gather_rows, plate_scale
 
@@ -27,7 +27,7 @@ __all__ = ["AutoDelta", "AutoDeltaParams"]
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoDeltaParams:
+class AutoDeltaParams(ModelParamValues):
     """Params of :class:`AutoDelta`: a pytree (the site description is static).
 
     Attributes:
@@ -46,11 +46,6 @@ class AutoDeltaParams:
     sites: ModelSites
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def model_param_values(self) -> dict[str, Any]:
-        """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
-        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
 jax.tree_util.register_dataclass(

@@ -25,7 +25,7 @@ from numpyro.infer.initialization import init_to_feasible
 from jaxguides._delta import AutoDelta
 from jaxguides._errors import ParamsMismatchError, SiteError
 from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import constrain_params
+from jaxguides._model_params import ModelParamValues
 from jaxguides._normal import AutoNormal
 from jaxguides._sites import ModelSites, trace_model
 from jaxguides._subsample import Indices
@@ -34,7 +34,7 @@ __all__ = ["AutoGuideList", "AutoGuideListParams"]
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoGuideListParams:
+class AutoGuideListParams(ModelParamValues):
     """Params of :class:`AutoGuideList`: a pytree (the site description is static).
 
     Attributes:
@@ -52,11 +52,6 @@ class AutoGuideListParams:
     sites: ModelSites
     model_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def model_param_values(self) -> dict[str, Any]:
-        """The model's ``numpyro.param`` values, in their constraints."""
-        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
 jax.tree_util.register_dataclass(

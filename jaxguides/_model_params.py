@@ -32,7 +32,14 @@ from numpyro.distributions.transforms import biject_to
 
 from jaxguides._errors import SiteError
 
-__all__ = ["ParamSite", "constrain_params", "describe_params", "model_substitutions", "unconstrain_params"]
+__all__ = [
+    "ModelParamValues",
+    "ParamSite",
+    "constrain_params",
+    "describe_params",
+    "model_substitutions",
+    "unconstrain_params",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +58,20 @@ class ParamSite:
     def transform(self, support_data: tuple[jax.Array, ...] = ()) -> Any:
         """The bijection from unconstrained space onto the constraint."""
         return biject_to(self.support.build(support_data))
+
+
+class ModelParamValues:
+    """For guide params dataclasses (fields ``sites``, ``model_params``, ``support``):
+    the model's ``numpyro.param`` values in their constraints."""
+
+    sites: Any
+    model_params: dict[str, Any]
+    support: dict[str, tuple[jax.Array, ...]]
+
+    @property
+    def model_param_values(self) -> dict[str, Any]:
+        """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
+        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
 def describe_params(

@@ -25,7 +25,7 @@ from numpyro.infer.initialization import init_to_feasible
 
 from jaxguides._errors import SiteError
 from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import constrain_params
+from jaxguides._model_params import ModelParamValues
 from jaxguides._sites import LatentSite, ModelSites, is_identity, trace_model
 from jaxguides._subsample import Indices, gather_rows, plate_scale
 from jaxguides._support_checks import without_real_support_check
@@ -36,7 +36,7 @@ _SCALE = biject_to(constraints.softplus_positive)
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoNormalParams:
+class AutoNormalParams(ModelParamValues):
     """Params of :class:`AutoNormal`: a pytree (the site description is static).
 
     Attributes:
@@ -65,11 +65,6 @@ class AutoNormalParams:
     def scale(self) -> dict[str, jax.Array]:
         """The guide's scale per site, ``softplus(raw_scale)``."""
         return {k: _SCALE(v) for k, v in self.raw_scale.items()}
-
-    @property
-    def model_param_values(self) -> dict[str, Any]:
-        """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
-        return constrain_params(self.sites.params, self.model_params, self.support)
 
 
 jax.tree_util.register_dataclass(
