@@ -84,10 +84,20 @@ def describe_params(
     weights (constraint ``real``).
 
     Raises:
-        SiteError: a param whose constraint has no bijection to real space.
+        SiteError: a param whose constraint has no bijection to real space, or a
+            param or mutable site declared inside a ``scan`` body.
     """
     sites, values, support, state = [], {}, {}, {}
     for name, site in trace.items():
+        if site["type"] in ("param", "mutable") and site.get("_control_flow_done"):
+            kind = "numpyro.param" if site["type"] == "param" else "numpyro.mutable"
+            raise SiteError(
+                name,
+                f"{kind} site '{name}' is declared inside a scan body: a scan does not pass "
+                "substituted values into its steps, so it would stay at its init value. Declare it "
+                "before the scan (a network: build the flax_module / eqx_module there) and close "
+                "over it in the step.",
+            )
         if site["type"] == "mutable":
             state[name] = site["value"]
             continue

@@ -201,6 +201,7 @@ class _SiteGuard(Messenger):
     def __init__(self, fn: Callable[..., Any]):
         super().__init__(fn)
         self.last_site: str | None = None
+        self.step_shapes: dict[str, tuple[int, ...]] = {}  # a scanned site: the shape its steps stack to
 
     def process_message(self, msg: dict[str, Any]) -> None:
         check_scan_body(msg, self._check_step)  # a scan's steps: this guard sees their sites stacked, after
@@ -214,9 +215,18 @@ class _SiteGuard(Messenger):
         """A latent site of a scan step, before the init strategy sees it."""
         self.last_site = name
         check_continuous(name, fn)
+        self.step_shapes[name] = stacked_shape
 
     def postprocess_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
+            stacked = self.step_shapes.get(msg["name"])
+            if stacked is not None and tuple(jnp.shape(msg["value"])) != stacked:
+                raise SiteError(
+                    msg["name"],
+                    f"latent site '{msg['name']}' is in a scan inside another scan's body (its "
+                    f"steps stack to {tuple(jnp.shape(msg['value']))}, not {stacked}); nested scans "
+                    "are not supported. Write the inner loop as a vectorised site or a plate.",
+                )
             _check_init_value(msg["name"], msg["fn"], msg["value"])
 
 
@@ -241,10 +251,29 @@ def check_scan_body(msg: dict[str, Any], check: Callable[[str, Any, tuple[int, .
 
     def check_step(site: dict[str, Any]) -> None:
         if site["type"] == "sample" and not site["is_observed"]:
+            _refuse_scaled_step(site)
             shape = (int(length),) + tuple(site["kwargs"].get("sample_shape", ())) + tuple(site["fn"].shape())
             check(site["name"], site["fn"], shape)
 
     msg["kwargs"]["substitute_stack"].insert(0, ("substitute", check_step))  # innermost in each step
+
+
+def _refuse_scaled_step(site: dict[str, Any]) -> None:
+    """A latent of a scan step must not be scaled: a subsampled plate in the body
+    (scale ``size / subsample_size``) draws its own rows each step, which the
+    guide's params cannot follow (only sample sites of a step reach this check)."""
+    scale = site.get("scale")
+    if scale is None or np.size(scale) != 1 or isinstance(scale, jax.core.Tracer):
+        return
+    if float(np.asarray(scale)) != 1.0:
+        name = site["name"]
+        raise SiteError(
+            name,
+            f"latent site '{name}' of a scan body is scaled by {float(np.asarray(scale)):g}: a "
+            "subsampled plate inside a scan body draws its own rows each step, which a guide's "
+            "params cannot follow (and a handlers.scale there is not supported either). Put the "
+            "subsampled plate outside the scan, or drop its subsample_size.",
+        )
 
 
 def check_continuous(name: str, fn: Any) -> None:

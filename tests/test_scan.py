@@ -290,3 +290,96 @@ def test_plate_only_inside_the_body():
     np.testing.assert_allclose(jg.elbo_loss(plate_only_in_body, guide)(params, jax.random.PRNGKey(2), y), -joint, 1e-5)
     with pytest.raises(jg.SiteError, match="'b' has shape"):
         jg.elbo_loss(plate_only_in_body, guide)(params, jax.random.PRNGKey(2), y[:, :2])
+
+
+# ---- a numpyro.param with a scan; what is refused ----------------------------------------
+def param_before_scan(y):
+    """The observation noise is a model param, declared before the scan and closed over."""
+    noise = numpyro.param("noise", 0.7, constraint=constraints.positive)
+
+    def step(z_prev, y_t):
+        z = numpyro.sample("z", dist.Normal(z_prev, 1.0))
+        numpyro.sample("y", dist.Normal(z, noise), obs=y_t)
+        return z, None
+
+    scan(step, 0.0, y)
+
+
+def param_in_body(y):
+    """The same param declared in the step: scan stacks it and never substitutes it."""
+
+    def step(z_prev, y_t):
+        noise = numpyro.param("noise", 0.7, constraint=constraints.positive)
+        z = numpyro.sample("z", dist.Normal(z_prev, 1.0))
+        numpyro.sample("y", dist.Normal(z, noise), obs=y_t)
+        return z, None
+
+    scan(step, 0.0, y)
+
+
+def test_param_closed_over_by_the_body_is_numpyros():
+    y = MODELS["local_level"][1][0]
+    guide = jg.AutoDelta(param_before_scan, init_loc_fn=jg.init_to_feasible)
+    params = perturb(guide.init(jax.random.PRNGKey(0), y), jax.random.PRNGKey(1))
+    params = dataclasses.replace(params, model_params={"noise": jnp.log(jnp.asarray(1.3))})
+    np_params = jg.to_numpyro_params(guide, params)
+    np.testing.assert_allclose(np_params["noise"], 1.3, rtol=1e-6)
+    ng = autoguide.AutoDelta(param_before_scan, init_loc_fn=jg.init_to_feasible)
+    key = jax.random.PRNGKey(3)
+    with numpyro_side():
+        theirs = Trace_ELBO().loss(key, np_params, param_before_scan, ng, y)
+    np.testing.assert_allclose(jg.elbo_loss(param_before_scan, guide)(params, key, y), theirs, rtol=1e-5)
+    # the param is trained as NumPyro's SVI trains it
+    result = jg.fit(param_before_scan, guide, optax.adam(2e-2), key, 200, y, progress_bar=False)
+    with numpyro_side():
+        svi = SVI(param_before_scan, ng, optax.adam(2e-2), Trace_ELBO())
+        np_result = svi.run(jax.random.PRNGKey(1), 200, y, progress_bar=False)
+    assert abs(float(result.params.model_param_values["noise"]) - 0.7) > 0.05
+    np.testing.assert_allclose(result.params.model_param_values["noise"], np_result.params["noise"], rtol=2e-3)
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+def test_param_in_the_body_is_refused(guide_cls):
+    # it would stay at its init value for the whole fit (NumPyro's SVI fails on it)
+    y = MODELS["local_level"][1][0]
+    with pytest.raises(jg.SiteError, match="'noise' is declared inside a scan body") as err:
+        guide_cls(param_in_body).init(jax.random.PRNGKey(0), y)
+    assert err.value.site == "noise"
+
+
+def nested(y):
+    def outer(c, y_t):
+        def inner(c2, _):
+            return numpyro.sample("z", dist.Normal(c2, 1.0)), None
+
+        c3, _ = scan(inner, c, None, length=3)
+        numpyro.sample("y", dist.Normal(c3, 1.0), obs=y_t)
+        return c3, None
+
+    scan(outer, 0.0, y)
+
+
+def subsampled_in_body(y):
+    def step(c, y_t):
+        with numpyro.plate("rows", 10, subsample_size=2):
+            z = numpyro.sample("z", dist.Normal(c, 1.0))
+        numpyro.sample("y", dist.Normal(z.sum(), 1.0), obs=y_t)
+        return c, None
+
+    scan(step, 0.0, y)
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+@pytest.mark.parametrize(
+    "model, match",
+    [(nested, "'z' is in a scan inside another scan"), (subsampled_in_body, "'z' of a scan body is scaled")],
+)
+def test_unsupported_scans_are_refused_at_init(guide_cls, model, match):
+    # a nested scan's params would be stacked on one axis only; a subsampled plate in a body
+    # draws new rows each step: both were silently wrong or failed inside the fit
+    y = MODELS["local_level"][1][0]
+    with pytest.raises(jg.SiteError, match=match) as err:
+        guide_cls(model).init(jax.random.PRNGKey(0), y)
+    assert err.value.site == "z"
+    with pytest.raises(jg.SiteError, match=match):
+        jg.fit(model, guide_cls(model), optax.adam(0.01), jax.random.PRNGKey(0), 10, y, progress_bar=False)
