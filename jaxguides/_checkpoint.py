@@ -19,11 +19,15 @@ import tempfile
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxguides._errors import CheckpointError
+from jaxguides._run_identity import Record, difference
+from jaxguides._sharding import gather
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "read_fit_checkpoint", "resume_state", "save_checkpoint", "write_fit_checkpoint"]
 
 _MAGIC = b"JAXGUIDES-CHECKPOINT-1\n"
 _DIGEST_LEN = 64  # hex sha256
@@ -93,3 +97,53 @@ def _to_host(x: Any) -> Any:
 
 def _from_host(x: Any) -> Any:
     return jax.random.wrap_key_data(jax.numpy.asarray(x.data), impl=x.impl) if isinstance(x, _KeyData) else x
+
+
+# ---- a fit's checkpoint: its state, losses and run record ----------------------------------
+def write_fit_checkpoint(
+    path: str | os.PathLike[str], state: Any, losses: np.ndarray, skipped: int, run: Record | None = None
+) -> None:
+    state = gather(state)  # a sharded state, whole on every process (a no-op on one process)
+    if jax.process_index() == 0:
+        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped, "run": run})
+    if jax.process_count() > 1:  # nobody goes on before the file is complete
+        multihost_utils.sync_global_devices(f"jaxguides checkpoint {os.fspath(path)}")
+
+
+def read_fit_checkpoint(path: str, run: Record) -> Any:
+    """A checkpoint's payload, refused unless this run (see ``_run_identity.py``) wrote it."""
+    payload = load_checkpoint(path)
+    try:
+        payload["state"], payload["losses"], payload["num_skipped"]  # noqa: B018
+    except (TypeError, KeyError):
+        raise CheckpointError(path, "it does not hold a fit state") from None
+    saved = payload.get("run")
+    if saved is None:
+        raise CheckpointError(
+            path,
+            "it holds no record of the run that wrote it (model, guide, optimizer, key, data): an older jaxguides "
+            "wrote it, so it cannot be told from another run's; finish that run with the version that started it",
+        )
+    if saved != run:
+        raise CheckpointError(path, f"it belongs to another run: {difference(saved, run)}")
+    return payload
+
+
+def resume_state(path: str, payload: Any, template: Any, num_steps: int) -> tuple[Any, np.ndarray, int]:
+    state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
+    same = jax.tree.structure(state) == jax.tree.structure(template) and all(  # type: ignore[operator]
+        np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
+    )
+    if not same:
+        raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
+    if int(state.step) > num_steps:  # going on would overwrite it with a truncated loss history
+        raise CheckpointError(
+            path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps"
+        )
+    state = jax.tree.map(jnp.asarray, state)
+    return state, np.asarray(losses), int(skipped)
+
+
+def _dtype(x: Any) -> Any:
+    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype

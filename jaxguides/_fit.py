@@ -42,11 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxguides._canonical import canonical
-from jaxguides._checkpoint import load_checkpoint, save_checkpoint
+from jaxguides._checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
 from jaxguides._concrete import (
     Concrete,
     arg_entries,
@@ -61,12 +60,12 @@ from jaxguides._data_check import check_finite_data, nonfinite_members
 from jaxguides._dce import without_dead_code
 from jaxguides._elbo import ELBOLoss, elbo_loss
 from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides._errors import CheckpointError, FitInterrupted, ModelTraceError, NonFiniteLossError
+from jaxguides._errors import FitInterrupted, ModelTraceError, NonFiniteLossError
 from jaxguides._interrupt import current as current_interrupts
 from jaxguides._interrupt import interruptible
 from jaxguides._optimizers import as_optax
-from jaxguides._run_identity import Record, difference, run_record
-from jaxguides._sharding import PlateLayout, gather, place, shard_args
+from jaxguides._run_identity import Record, run_record
+from jaxguides._sharding import PlateLayout, place, shard_args
 from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
 from jaxguides._subsample import Indices, draw_indices, user_plate_indices
 from jaxguides._total import total
@@ -657,41 +656,6 @@ def _dtype(x: Any) -> Any:
     return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
-def _load(path: str, run: Record) -> Any:
-    """A checkpoint's payload, refused unless this run (see ``_run_identity.py``) wrote it."""
-    payload = load_checkpoint(path)
-    try:
-        payload["state"], payload["losses"], payload["num_skipped"]  # noqa: B018
-    except (TypeError, KeyError):
-        raise CheckpointError(path, "it does not hold a fit state") from None
-    saved = payload.get("run")
-    if saved is None:
-        raise CheckpointError(
-            path,
-            "it holds no record of the run that wrote it (model, guide, optimizer, key, data): an older jaxguides "
-            "wrote it, so it cannot be told from another run's; finish that run with the version that started it",
-        )
-    if saved != run:
-        raise CheckpointError(path, f"it belongs to another run: {difference(saved, run)}")
-    return payload
-
-
-def _resume(path: str, payload: Any, template: SVIState, num_steps: int) -> tuple[SVIState, np.ndarray, int]:
-    state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
-    same = jax.tree.structure(state) == jax.tree.structure(template) and all(  # type: ignore[operator]
-        np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
-        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
-    )
-    if not same:
-        raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
-    if int(state.step) > num_steps:  # going on would overwrite it with a truncated loss history
-        raise CheckpointError(
-            path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps"
-        )
-    state = jax.tree.map(jnp.asarray, state)
-    return state, np.asarray(losses), int(skipped)
-
-
 def fit(
     model: Callable[..., Any],
     guide: Any,
@@ -863,7 +827,7 @@ def _fit(
     init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     resuming = checkpoint is not None and os.path.exists(checkpoint)
     run_id = run_record(model, guide, optimizer, loss, rng_key, args, kwargs) if checkpoint is not None else None
-    payload = _load(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
+    payload = read_fit_checkpoint(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
     first = seen not in _SEEN  # then compile the chunk ahead, beside init
     interrupts = current_interrupts()
@@ -884,7 +848,7 @@ def _fit(
             losses = np.full(num_steps, np.nan, np.float32)
             skipped = 0
             if payload is not None:
-                state, saved, skipped = _resume(os.fspath(checkpoint), payload, state, num_steps)  # type: ignore[arg-type]
+                state, saved, skipped = resume_state(os.fspath(checkpoint), payload, state, num_steps)  # type: ignore[arg-type]
                 state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
                 n = min(len(saved), num_steps)
                 losses[:n] = saved[:n]
@@ -918,10 +882,10 @@ def _fit(
             skipped += int(chunk_skipped)
             if bad >= 0:
                 if checkpoint is not None:
-                    _save(checkpoint, state, losses[:step], skipped, run_id)
+                    write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
                 raise NonFiniteLossError(bad, state.params, state, losses[:bad].copy())
             if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
-                _save(checkpoint, state, losses[:step], skipped, run_id)
+                write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
                 last_saved = step
             if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
                 bar.set_postfix_str(
@@ -932,7 +896,7 @@ def _fit(
             last = f"loss (mean of last {done} steps)={_nanmean(losses[step - done : step]):.4g}"
             bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
-        _save(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
+        write_fit_checkpoint(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
     if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
         _SEEN[seen] = pacer.rate
     if on_nonfinite == "skip" and skipped:
@@ -961,7 +925,7 @@ def _interrupted(
     """The error for Ctrl-C at ``step``, after writing the checkpoint (when one is set)."""
     bar.set_description("fit: interrupted", refresh=False)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
-        _save(checkpoint, state, losses[:step], skipped, run_id)
+        write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
     path = None if checkpoint is None else os.fspath(checkpoint)
     return FitInterrupted(step, state.params, state, losses[:step].copy(), path)
 
@@ -1056,16 +1020,6 @@ _SEEN: dict[Any, float | None] = {}
 def _avals(tree: Any) -> tuple[Any, ...]:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((np.shape(x), _dtype(x)) for x in leaves)
-
-
-def _save(
-    path: str | os.PathLike[str], state: SVIState, losses: np.ndarray, skipped: int, run: Record | None = None
-) -> None:
-    state = gather(state)  # a sharded state, whole on every process (a no-op on one process)
-    if jax.process_index() == 0:
-        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped, "run": run})
-    if jax.process_count() > 1:  # nobody goes on before the file is complete
-        multihost_utils.sync_global_devices(f"jaxguides checkpoint {os.fspath(path)}")
 
 
 def _shard_inputs(

@@ -90,13 +90,13 @@ def test_round_trip_typed_keys(tmp_path):
 # ---- fit writes, resumes ----------------------------------------------------------------------
 def test_fit_writes_checkpoint_every_n_steps(tmp_path, monkeypatch, uninterrupted):
     saved = []
-    real_save = fit_module._save
+    real_save = fit_module.write_fit_checkpoint
 
     def spy(path, state, losses, skipped, *run):
         saved.append((int(state.step), len(losses)))
         real_save(path, state, losses, skipped, *run)
 
-    monkeypatch.setattr(fit_module, "_save", spy)
+    monkeypatch.setattr(fit_module, "write_fit_checkpoint", spy)
     path = tmp_path / "run.ckpt"
     result = _run(T, checkpoint=path, checkpoint_every=25)
     assert [s for s, _ in saved] == [25, 50, 75, 100, 120]

@@ -327,13 +327,13 @@ def test_a_chunk_updates_the_state_in_place_and_leaves_the_callers_arrays_alone(
 def test_final_checkpoint_written_once(tmp_path, monkeypatch):
     from jaxguides import _fit
 
-    real, saved_at = _fit._save, []
+    real, saved_at = _fit.write_fit_checkpoint, []
 
     def spy(path, state, losses, skipped, *run):
         saved_at.append(int(state.step))
         return real(path, state, losses, skipped, *run)
 
-    monkeypatch.setattr(_fit, "_save", spy)
+    monkeypatch.setattr(_fit, "write_fit_checkpoint", spy)
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     path = tmp_path / "run.ckpt"
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 100, YC, progress_bar=False,

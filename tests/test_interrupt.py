@@ -235,13 +235,13 @@ def test_interrupt_is_not_swallowed_by_an_error(monkeypatch):
 def test_interrupt_after_the_last_look_is_not_swallowed(monkeypatch, tmp_path):
     """Ctrl-C while the final checkpoint is written, after the loop's last look:
     the finished result comes as FitInterrupted."""
-    real_save = _fit._save
+    real_save = _fit.write_fit_checkpoint
 
     def save_then_sigint(*args):
         real_save(*args)
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(_fit, "_save", save_then_sigint)  # without checkpoint_every: only the final one
+    monkeypatch.setattr(_fit, "write_fit_checkpoint", save_then_sigint)  # without checkpoint_every: only the final one
     with pytest.raises(jg.FitInterrupted) as info:
         _small_fit(checkpoint=tmp_path / "run.ckpt")
     assert info.value.step == 200 and info.value.losses.shape == (200,)
