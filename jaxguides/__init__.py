@@ -9,11 +9,6 @@ from numpyro.infer.initialization import (
     init_to_value,
 )
 
-from jaxguides._arviz import to_arviz
-from jaxguides._checkpoint import load_checkpoint, save_checkpoint
-from jaxguides._delta import AutoDelta, AutoDeltaParams
-from jaxguides._elbo import ELBOLoss, elbo_loss
-from jaxguides._epoch import PlateCursor, SubsampleState
 from jaxguides._errors import (
     CheckpointError,
     FitInterrupted,
@@ -22,13 +17,18 @@ from jaxguides._errors import (
     ParamsMismatchError,
     SiteError,
 )
-from jaxguides._fit import SVI, FitResult, SVIState, fit, fit_many, svi
-from jaxguides._guide_list import AutoGuideList, AutoGuideListParams
-from jaxguides._interop import from_numpyro_params, to_numpyro_params
-from jaxguides._normal import AutoNormal, AutoNormalParams
-from jaxguides._sharding import shard_args, shard_state, state_shardings
-from jaxguides._sites import LatentSite, ModelSites, PlateFrame
-from jaxguides._sparse import SparseAdamState, SparseTransformation, apply_rows, sparse_adam
+from jaxguides.elbo.loss import ELBOLoss, elbo_loss
+from jaxguides.guides.delta import AutoDelta, AutoDeltaParams
+from jaxguides.guides.guide_list import AutoGuideList, AutoGuideListParams
+from jaxguides.guides.normal import AutoNormal, AutoNormalParams
+from jaxguides.interop.arviz_data import to_arviz
+from jaxguides.interop.numpyro_params import from_numpyro_params, to_numpyro_params
+from jaxguides.loop.checkpoint import load_checkpoint, save_checkpoint
+from jaxguides.loop.fit import SVI, FitResult, SVIState, fit, fit_many, svi
+from jaxguides.model.sites import LatentSite, ModelSites, PlateFrame
+from jaxguides.optim.sparse import SparseAdamState, SparseTransformation, apply_rows, sparse_adam
+from jaxguides.parallel.sharding import shard_args, shard_state, state_shardings
+from jaxguides.subsample.epoch import PlateCursor, SubsampleState
 
 __version__ = "0.1.0"
 

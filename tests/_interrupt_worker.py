@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
     import numpy as np
 
     import jaxguides as jg
-    from jaxguides import _fit, _interrupt
+    from jaxguides.loop import fit as _fit
+    from jaxguides.loop import interrupt as _interrupt
 
     real_install, real_compile_ahead, real_read, chunks = (
         _interrupt.Interrupts.install,

@@ -22,9 +22,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxguides as jg
-from jaxguides._epoch import batch_indices
-from jaxguides._fit import _run_chunk
-from jaxguides._subsample import draw_indices
+from jaxguides.loop.fit import _run_chunk
+from jaxguides.subsample.epoch import batch_indices
+from jaxguides.subsample.indices import draw_indices
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() != 8, reason="run by tests/test_sharding.py with 8 simulated CPU devices"

@@ -14,8 +14,8 @@ import optax
 import pytest
 
 import jaxguides as jg
-from jaxguides import _checkpoint
-from jaxguides import _fit as fit_module
+from jaxguides.loop import checkpoint as _checkpoint
+from jaxguides.loop import fit as fit_module
 
 
 def model(y):
@@ -244,7 +244,7 @@ def test_checkpoint_of_another_fit_is_refused(tmp_path):
         (model, GUIDE, OPT, Y + 1.0, 0, r"data of y \(args\[0\]\): other values"),
         (model, GUIDE, optax.sgd(0.1), Y, 0, "optimizer: "),
         (model, GUIDE, optax.adam(0.03), Y, 0, "optimizer: .*0.03"),
-        (model, jg.AutoDelta(model), OPT, Y, 0, "guide: jaxguides._delta.AutoDelta"),
+        (model, jg.AutoDelta(model), OPT, Y, 0, "guide: jaxguides.guides.delta.AutoDelta"),
         (model, GUIDE, OPT, Y, 1, r"key: \[0, 1\] in the checkpoint, \[0, 0\] in"),
     ]:
         jg.fit(

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import jaxguides as jg
-from jaxguides import _fit
+from jaxguides.loop import fit as _fit
 
 TRACES = {"plain": 0, "subsampled": 0}
 

@@ -1,4 +1,4 @@
-"""NaN or inf in the data: named before compiling (``_data_check.py``), unless masked;
+"""NaN or inf in the data: named before compiling (``model/data_check.py``), unless masked;
 and ``on_nonfinite="skip"`` says how many steps it skipped."""
 
 import warnings
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jaxguides as jg
-from jaxguides._data_check import nonfinite_count
+from jaxguides.model.data_check import nonfinite_count
 
 KEY = jax.random.PRNGKey(0)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxguides._dce import _dce_jaxpr, without_dead_code
+from jaxguides.loop.dce import _dce_jaxpr, without_dead_code
 
 pytestmark = pytest.mark.skipif(_dce_jaxpr is None, reason="this JAX has no dead-code pass to call")
 

@@ -254,7 +254,7 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     cost, so the second chunk jumps straight there rather than growing by steps.
     A later fit of the same chunk starts at the rate measured, without the
     64-step probe. Any run length uses the same compilation."""
-    from jaxguides import _fit
+    from jaxguides.loop import fit as _fit
 
     monkeypatch.setattr(_fit, "_SEEN", {})  # as in a fresh process: no rate known
     real, sizes = _fit._run_chunk, []
@@ -281,8 +281,8 @@ def test_a_map_chunk_lowers_no_random_numbers():
     """A MAP step draws nothing; the seed handler's key splits are dead code that
     jit does not prune inside a while loop's body, so the chunk prunes them
     itself (time to first step: they were 40% of a small model's lowering)."""
-    from jaxguides import _fit
-    from jaxguides._canonical import canonical
+    from jaxguides.loop import fit as _fit
+    from jaxguides.model.canonical import canonical
 
     guide, optimizer = jg.AutoDelta(conjugate), canonical(optax.adam(0.05))
     dynamic, static = _fit._partition((YC,), {})
@@ -306,8 +306,8 @@ def test_a_chunk_updates_the_state_in_place_and_leaves_the_callers_arrays_alone(
     """The chunk's state is donated: XLA aliases every state leaf to its output
     (no copy into the loop, no second copy in memory); the key and data the
     user passed to fit are never donated."""
-    from jaxguides import _fit
-    from jaxguides._canonical import canonical
+    from jaxguides.loop import fit as _fit
+    from jaxguides.model.canonical import canonical
 
     guide, optimizer = jg.AutoNormal(conjugate), canonical(optax.adam(0.05))
     loss_fn = jg.elbo_loss(conjugate, guide)
@@ -325,7 +325,7 @@ def test_a_chunk_updates_the_state_in_place_and_leaves_the_callers_arrays_alone(
 
 
 def test_final_checkpoint_written_once(tmp_path, monkeypatch):
-    from jaxguides import _fit
+    from jaxguides.loop import fit as _fit
 
     real, saved_at = _fit.write_fit_checkpoint, []
 

@@ -15,7 +15,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
 
-from jaxguides._identity import config_difference, model_config, model_name
+from jaxguides.model.identity import config_difference, model_config, model_name
 
 
 def plain():

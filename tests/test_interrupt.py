@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import jaxguides as jg
-from jaxguides import _fit
+from jaxguides.loop import fit as _fit
 
 WORKER = Path(__file__).with_name("_interrupt_worker.py")
 sys.path.insert(0, str(WORKER.parent))

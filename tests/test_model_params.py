@@ -18,7 +18,7 @@ from numpyro.infer import SVI, Trace_ELBO, autoguide
 from numpyro.optim import optax_to_numpyro
 
 import jaxguides as jg
-from jaxguides._trained import trained_part
+from jaxguides.optim.trained import trained_part
 
 pytestmark = pytest.mark.allow_rank_promotion  # flax and NumPyro's Categorical broadcast implicitly
 

@@ -1,4 +1,4 @@
-"""Data-parallel fits (jaxguides/_sharding.py).
+"""Data-parallel fits (jaxguides/parallel/sharding.py).
 
 The sharded tests need several devices, and XLA fixes the device count when
 JAX starts, so they run in child processes and this session keeps its one
@@ -28,7 +28,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 import jaxguides as jg
-from jaxguides._subsample import draw_indices
+from jaxguides.subsample.indices import draw_indices
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -144,7 +144,7 @@ def test_shard_args_leading_axis_rule_and_override():
 
 
 def test_block_draws_take_an_equal_share_of_each_block_without_repeats():
-    from jaxguides._sites import PlateFrame
+    from jaxguides.model.sites import PlateFrame
 
     plate = PlateFrame("data", 40, 8, -1)
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)

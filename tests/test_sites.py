@@ -245,7 +245,7 @@ def test_a_drawn_init_value_is_left_to_the_compiled_program(monkeypatch):
     # traced too and cannot raise here; evaluating the support's constant parts
     # eagerly anyway compiled one tiny program per op (~0.7 s for an LKJ, simplex
     # and positive model in a fresh process). A concrete value is still checked.
-    from jaxguides import _sites
+    from jaxguides.model import sites as _sites
 
     evaluated = []
     real = _sites.biject_to

@@ -1,4 +1,4 @@
-"""Row-sparse Adam (jaxguides/_sparse.py): against dense optax.adam, and in a fit."""
+"""Row-sparse Adam (jaxguides/optim/sparse.py): against dense optax.adam, and in a fit."""
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import jaxguides as jg
-from jaxguides._epoch import batch_indices
-from jaxguides._sparse import Rows, row_spec
+from jaxguides.optim.sparse import Rows, row_spec
+from jaxguides.subsample.epoch import batch_indices
 
 K, B = 8, 3
 

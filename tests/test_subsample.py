@@ -1,4 +1,4 @@
-"""Epoch permutations of subsampled plates (jaxguides/_epoch.py) and how fit uses them."""
+"""Epoch permutations of subsampled plates (jaxguides/subsample/epoch.py) and how fit uses them."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +10,8 @@ import pytest
 from numpyro import handlers
 
 import jaxguides as jg
-from jaxguides._epoch import advance, batch_indices, epoch_rows, init_subsample, next_batch
-from jaxguides._sites import PlateFrame
+from jaxguides.model.sites import PlateFrame
+from jaxguides.subsample.epoch import advance, batch_indices, epoch_rows, init_subsample, next_batch
 
 N, B = 12, 4
 X = jnp.linspace(-2.0, 3.0, N)

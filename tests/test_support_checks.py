@@ -16,8 +16,8 @@ import pytest
 from numpyro.distributions.transforms import ExpTransform
 
 import jaxguides as jg
-from jaxguides._dce import _dce_jaxpr
-from jaxguides._support_checks import without_real_support_check
+from jaxguides.loop.dce import _dce_jaxpr
+from jaxguides.model.support_checks import without_real_support_check
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +82,7 @@ def _num_eqns(model, guide, *args):
     return len(kept.eqns)
 
 
-@pytest.mark.skipif(_dce_jaxpr is None, reason="this JAX has no dce_jaxpr where jaxguides._dce looks")
+@pytest.mark.skipif(_dce_jaxpr is None, reason="this JAX has no dce_jaxpr where jaxguides.loop.dce looks")
 @pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
 def test_the_loss_of_a_real_model_is_the_unvalidated_program(guide_cls):
     """Validation on gives exactly the program of validation off: no check is left in it."""
@@ -93,7 +93,7 @@ def test_the_loss_of_a_real_model_is_the_unvalidated_program(guide_cls):
     assert checked == unchecked
 
 
-@pytest.mark.skipif(_dce_jaxpr is None, reason="this JAX has no dce_jaxpr where jaxguides._dce looks")
+@pytest.mark.skipif(_dce_jaxpr is None, reason="this JAX has no dce_jaxpr where jaxguides.loop.dce looks")
 def test_the_loss_keeps_a_constrained_sites_check():
     y = jnp.array([0.5, 1.5])
     checked = _num_eqns(positive_model, jg.AutoNormal(positive_model), y)

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import jaxguides as jg
-from jaxguides._total import total
+from jaxguides.elbo.total import total
 
 
 def _reductions(fn, *args):

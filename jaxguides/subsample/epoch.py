@@ -39,8 +39,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxguides._sites import PlateFrame
-from jaxguides._subsample import block_sizes, join_blocks
+from jaxguides.model.sites import PlateFrame
+from jaxguides.subsample.indices import block_sizes, join_blocks
 
 __all__ = [
     "PlateCursor",
@@ -209,7 +209,7 @@ def next_batch(
     the rows are computed for this batch's positions only. ``plates`` are the
     model's plate frames (a superset of the cursors' plates). A plate with
     ``blocks[plate] = k > 1`` (split over ``k`` devices) is drawn per block, as
-    :func:`jaxguides._subsample.draw_indices` stratifies: block ``b`` of the
+    :func:`jaxguides.subsample.indices.draw_indices` stratifies: block ``b`` of the
     batch is ``subsample_size / k`` rows of block ``b`` of the plate, each block
     its own epoch permutation, all in step (the cursor's offset counts
     positions within a block).

@@ -53,7 +53,7 @@ class ParamSite:
     """
 
     name: str
-    support: Any  # SupportSpec (jaxguides._sites), kept as Any to avoid an import cycle
+    support: Any  # SupportSpec (jaxguides.model.sites), kept as Any to avoid an import cycle
 
     def transform(self, support_data: tuple[jax.Array, ...] = ()) -> Any:
         """The bijection from unconstrained space onto the constraint."""

@@ -11,19 +11,19 @@ numbers from ``fold_in(rng_key, i)``; ``state.rng_key`` stays the key given.
 ``chunk_size`` steps), shows a tqdm bar with the running loss between chunks,
 stops on a non-finite step with the last finite state (or skips such steps),
 and writes atomic checkpoints it resumes from bit for bit (only for the run
-that wrote them: ``_run_identity.py``). It refuses NaN data first
-(``_data_check.py``), and stops on Ctrl-C at a chunk boundary
-(``_interrupt.py``); XLA compiles on two compile threads while the main thread
+that wrote them: ``loop/run_identity.py``). It refuses NaN data first
+(``model/data_check.py``), and stops on Ctrl-C at a chunk boundary
+(``loop/interrupt.py``); XLA compiles on two compile threads while the main thread
 traces and then waits, so that Ctrl-C is seen even during a long compile. ``fit_many`` fits K
 seeds (or K datasets) at once with ``vmap``.
 
 Subsampled plates: ``init`` gives every subsampled plate that the fit draws
-itself an epoch cursor (``SVIState.subsample``, see ``_epoch.py``), so a step
+itself an epoch cursor (``SVIState.subsample``, see ``subsample/epoch.py``), so a step
 takes the next batch of rows of a per-epoch permutation, computed for that
 batch only, in O(batch), instead of NumPyro's O(N) draw per step. With
 ``optimizer=jg.sparse_adam(...)`` a step differentiates the loss with respect
 to the batch's rows of the local latents only and updates just those rows
-(``_sparse.py``): O(batch), not O(N).
+(``optim/sparse.py``): O(batch), not O(N).
 """
 
 from __future__ import annotations
@@ -44,9 +44,16 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxguides._canonical import canonical
-from jaxguides._checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
-from jaxguides._concrete import (
+from jaxguides._errors import FitInterrupted, ModelTraceError, NonFiniteLossError
+from jaxguides.elbo.loss import ELBOLoss, elbo_loss
+from jaxguides.elbo.total import total
+from jaxguides.loop.checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
+from jaxguides.loop.dce import without_dead_code
+from jaxguides.loop.interrupt import current as current_interrupts
+from jaxguides.loop.interrupt import interruptible
+from jaxguides.loop.run_identity import Record, run_record
+from jaxguides.model.canonical import canonical
+from jaxguides.model.concrete import (
     Concrete,
     arg_entries,
     concretization_error,
@@ -56,20 +63,13 @@ from jaxguides._concrete import (
     numpy_args,
     static_leaves,
 )
-from jaxguides._data_check import check_finite_data, nonfinite_members
-from jaxguides._dce import without_dead_code
-from jaxguides._elbo import ELBOLoss, elbo_loss
-from jaxguides._epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides._errors import FitInterrupted, ModelTraceError, NonFiniteLossError
-from jaxguides._interrupt import current as current_interrupts
-from jaxguides._interrupt import interruptible
-from jaxguides._optimizers import as_optax
-from jaxguides._run_identity import Record, run_record
-from jaxguides._sharding import PlateLayout, place, shard_args
-from jaxguides._sparse import SparseTransformation, apply_rows, row_spec, take_rows
-from jaxguides._subsample import Indices, draw_indices, user_plate_indices
-from jaxguides._total import total
-from jaxguides._trained import trained_part, with_constants
+from jaxguides.model.data_check import check_finite_data, nonfinite_members
+from jaxguides.optim.optimizers import as_optax
+from jaxguides.optim.sparse import SparseTransformation, apply_rows, row_spec, take_rows
+from jaxguides.optim.trained import trained_part, with_constants
+from jaxguides.parallel.sharding import PlateLayout, place, shard_args
+from jaxguides.subsample.epoch import SubsampleState, advance, init_subsample, next_batch
+from jaxguides.subsample.indices import Indices, draw_indices, user_plate_indices
 
 __all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
 
@@ -118,7 +118,7 @@ def _partition(
     args: tuple[Any, ...], kwargs: dict[str, Any], concrete: set[int] | frozenset[int] = frozenset()
 ) -> tuple[list[Any], _Static]:
     """``(dynamic, static)``: array leaves traced, the rest static; the array
-    leaves at positions ``concrete`` are static too, by value (see ``_concrete.py``)."""
+    leaves at positions ``concrete`` are static too, by value (see ``model/concrete.py``)."""
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
     traced = [_is_array(x) and i not in concrete for i, x in enumerate(leaves)]
     dynamic = [x if t else None for x, t in zip(leaves, traced)]
@@ -387,7 +387,7 @@ def _init_state(
     loss_fn: Any = None,
 ) -> SVIState:
     """The state before the first step; with ``loss_fn`` an ``ELBOLoss``, epoch
-    cursors for the subsampled plates it draws (see ``jaxguides/_epoch.py``)."""
+    cursors for the subsampled plates it draws (see ``jaxguides/subsample/epoch.py``)."""
     # Steps run from rng_key itself, init from a key folded off it: an init that
     # draws nothing (init_to_feasible) then compiles without random-number code.
     init_key = jax.random.fold_in(rng_key, _INIT_STREAM)
@@ -431,7 +431,7 @@ def _chunk(
     def update(state: SVIState, dynamic: list[Any]) -> tuple[SVIState, jax.Array, jax.Array]:
         return _update(loss_fn, optimizer, state, *_combine(dynamic, static))
 
-    update = without_dead_code(update)  # a while body is not pruned by jit: see _dce.py
+    update = without_dead_code(update)  # a while body is not pruned by jit: see loop/dce.py
 
     # A while loop, not a scan of cond(active, step, idle): a step that writes rows in
     # place (sparse_adam) inside a cond branch makes XLA copy every table it writes.
@@ -734,7 +734,7 @@ def fit(
             :class:`NonFiniteLossError`.
         chunk_size: steps per compiled chunk (default: sized by time, above).
         mesh: a ``jax.sharding.Mesh`` to run on, data parallel (default: the
-            default device). See ``jaxguides/_sharding.py``.
+            default device). See ``jaxguides/parallel/sharding.py``.
         shard_plates: ``{plate name: mesh axis}``. The plate's data (array
             arguments whose leading axis has the plate's full size; pass a
             ``jax.Array`` already laid out on ``mesh`` to choose another axis)
@@ -816,7 +816,7 @@ def _fit(
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     dynamic, static = _partition(args, kwargs, concrete)
     layout = None
-    if mesh is not None or shard_plates:  # data parallel: see jaxguides/_sharding.py
+    if mesh is not None or shard_plates:  # data parallel: see jaxguides/parallel/sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
         loss_fn = layout.stratify(loss_fn)
     length = _chunk_length(num_steps, chunk_size)

@@ -29,7 +29,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.distribution import validation_enabled
 
-from jaxguides._concrete import leaf_labels
+from jaxguides.model.concrete import leaf_labels
 
 __all__ = ["check_finite_data", "nonfinite_count", "nonfinite_members"]
 

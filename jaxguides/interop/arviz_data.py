@@ -25,9 +25,9 @@ from numpyro import handlers
 from numpyro.infer import Predictive
 from numpyro.primitives import Messenger
 
-from jaxguides._guide import _can_call
-from jaxguides._model_params import model_substitutions
-from jaxguides._sites import ModelSites
+from jaxguides.guides.base import _can_call
+from jaxguides.model.params import model_substitutions
+from jaxguides.model.sites import ModelSites
 
 __all__ = ["to_arviz"]
 

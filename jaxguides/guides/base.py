@@ -20,11 +20,11 @@ from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ParamsMismatchError, SiteError
-from jaxguides._identity import config_difference, model_config, model_name
-from jaxguides._model_params import model_substitutions
-from jaxguides._numpyro_guide import call_as_numpyro_guide
-from jaxguides._sites import LatentSite, ModelSites, call_signature, check_init_values, check_scan_body
-from jaxguides._subsample import Indices, user_plate_indices
+from jaxguides.guides.numpyro_guide import call_as_numpyro_guide
+from jaxguides.model.identity import config_difference, model_config, model_name
+from jaxguides.model.params import model_substitutions
+from jaxguides.model.sites import LatentSite, ModelSites, call_signature, check_init_values, check_scan_body
+from jaxguides.subsample.indices import Indices, user_plate_indices
 
 __all__ = ["Draw", "GuideBase"]
 
@@ -60,7 +60,7 @@ class GuideBase:
     params_type: ClassVar[type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, jax.Array]:
-        """Run as a NumPyro guide (see ``jaxguides/_numpyro_guide.py``): declares NumPyro's
+        """Run as a NumPyro guide (see ``jaxguides/guides/numpyro_guide.py``): declares NumPyro's
         ``numpyro.param`` sites and samples every latent site; holds no state.
 
         Examples:

@@ -22,13 +22,13 @@ from jax.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_feasible
 
-from jaxguides._delta import AutoDelta
 from jaxguides._errors import ParamsMismatchError, SiteError
-from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import ModelParamValues
-from jaxguides._normal import AutoNormal
-from jaxguides._sites import ModelSites, trace_model
-from jaxguides._subsample import Indices
+from jaxguides.guides.base import Draw, GuideBase
+from jaxguides.guides.delta import AutoDelta
+from jaxguides.guides.normal import AutoNormal
+from jaxguides.model.params import ModelParamValues
+from jaxguides.model.sites import ModelSites, trace_model
+from jaxguides.subsample.indices import Indices
 
 __all__ = ["AutoGuideList", "AutoGuideListParams"]
 

@@ -18,10 +18,10 @@ import numpyro.distributions as dist
 from jax.typing import ArrayLike
 from numpyro.infer.initialization import init_to_median
 
-from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import ModelParamValues
-from jaxguides._sites import LatentSite, ModelSites, trace_model
-from jaxguides._subsample import Indices, gather_rows, plate_scale
+from jaxguides.guides.base import Draw, GuideBase
+from jaxguides.model.params import ModelParamValues
+from jaxguides.model.sites import LatentSite, ModelSites, trace_model
+from jaxguides.subsample.indices import Indices, gather_rows, plate_scale
 
 __all__ = ["AutoDelta", "AutoDeltaParams"]
 

@@ -35,7 +35,7 @@ draws ``subsample_size / n`` of its own rows ``[b N/n, (b+1) N/n)``; each row
 is still drawn with probability ``subsample_size / N``, so the
 ``N / subsample_size`` scaling keeps the ELBO unbiased. ``fit`` (and ``svi``
 given ``loss=elbo_loss(..., subsample_blocks=...)``) takes those rows from one
-epoch permutation per block (``jaxguides/_epoch.py``), O(subsample_size) per
+epoch permutation per block (``jaxguides/subsample/epoch.py``), O(subsample_size) per
 step; the loss called on its own draws them afresh.
 
 Across processes (``jax.distributed.initialize``) every process holds the
@@ -76,9 +76,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxguides._elbo import ELBOLoss
-from jaxguides._sites import LatentSite, ModelSites
-from jaxguides._trained import trained_part
+from jaxguides.elbo.loss import ELBOLoss
+from jaxguides.model.sites import LatentSite, ModelSites
+from jaxguides.optim.trained import trained_part
 
 __all__ = [
     "PlateLayout",

@@ -24,11 +24,11 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_feasible
 
 from jaxguides._errors import SiteError
-from jaxguides._guide import Draw, GuideBase
-from jaxguides._model_params import ModelParamValues
-from jaxguides._sites import LatentSite, ModelSites, is_identity, trace_model
-from jaxguides._subsample import Indices, gather_rows, plate_scale
-from jaxguides._support_checks import without_real_support_check
+from jaxguides.guides.base import Draw, GuideBase
+from jaxguides.model.params import ModelParamValues
+from jaxguides.model.sites import LatentSite, ModelSites, is_identity, trace_model
+from jaxguides.model.support_checks import without_real_support_check
+from jaxguides.subsample.indices import Indices, gather_rows, plate_scale
 
 __all__ = ["AutoNormal", "AutoNormalParams"]
 

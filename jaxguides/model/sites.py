@@ -35,8 +35,8 @@ from numpyro.infer.initialization import init_to_feasible, init_to_uniform, init
 from numpyro.primitives import Messenger
 
 from jaxguides._errors import ModelTraceError, SiteError
-from jaxguides._identity import Config, model_config, model_name
-from jaxguides._model_params import ParamSite, describe_params
+from jaxguides.model.identity import Config, model_config, model_name
+from jaxguides.model.params import ParamSite, describe_params
 
 __all__ = [
     "LatentSite",
@@ -154,11 +154,11 @@ class ModelSites:
         deterministic: names of ``numpyro.deterministic`` sites.
         plates: every plate the model entered.
         config: the Python values the model callable carries (closure cells,
-            partial arguments; see ``jaxguides/_identity.py``), which tell apart
+            partial arguments; see ``jaxguides/model/identity.py``), which tell apart
             models of one name. Last, with a default, so that params pickled
             before it existed load (as a plain function's ``()``).
         params: the model's own ``numpyro.param`` sites (``ParamSite``, see
-            ``jaxguides/_model_params.py``), trained with the guide.
+            ``jaxguides/model/params.py``), trained with the guide.
         mutable: names of the model's ``numpyro.mutable`` sites (state carried
             from step to step, never differentiated).
     """

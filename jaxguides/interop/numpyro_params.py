@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxguides._delta import AutoDelta, AutoDeltaParams
 from jaxguides._errors import SiteError
-from jaxguides._guide_list import AutoGuideList, AutoGuideListParams
-from jaxguides._model_params import unconstrain_params
-from jaxguides._normal import _SCALE, AutoNormal, AutoNormalParams
+from jaxguides.guides.delta import AutoDelta, AutoDeltaParams
+from jaxguides.guides.guide_list import AutoGuideList, AutoGuideListParams
+from jaxguides.guides.normal import _SCALE, AutoNormal, AutoNormalParams
+from jaxguides.model.params import unconstrain_params
 
 __all__ = ["from_numpyro_params", "to_numpyro_params"]
 

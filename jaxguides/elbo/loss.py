@@ -21,15 +21,15 @@ from numpyro.distributions.kl import kl_divergence
 from numpyro.infer.util import compute_log_probs
 from numpyro.primitives import Messenger
 
-from jaxguides._delta import AutoDelta
 from jaxguides._errors import SiteError
-from jaxguides._guide import Draw
-from jaxguides._model_params import model_substitutions
-from jaxguides._normal import AutoNormal
-from jaxguides._sites import ModelSites, check_continuous, check_scan_body
-from jaxguides._subsample import Indices, draw_indices, plate_scale
-from jaxguides._support_checks import skip_real_support_checks
-from jaxguides._total import total
+from jaxguides.elbo.total import total
+from jaxguides.guides.base import Draw
+from jaxguides.guides.delta import AutoDelta
+from jaxguides.guides.normal import AutoNormal
+from jaxguides.model.params import model_substitutions
+from jaxguides.model.sites import ModelSites, check_continuous, check_scan_body
+from jaxguides.model.support_checks import skip_real_support_checks
+from jaxguides.subsample.indices import Indices, draw_indices, plate_scale
 
 __all__ = ["ELBOLoss", "elbo_loss"]
 

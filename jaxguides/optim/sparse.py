@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxguides._subsample import Indices
+from jaxguides.subsample.indices import Indices
 
 __all__ = [
     "Rows",
@@ -197,7 +197,7 @@ def sparse_adam(
 
     Examples:
         >>> import jax.numpy as jnp, jaxguides as jg
-        >>> from jaxguides._sparse import Rows
+        >>> from jaxguides.optim.sparse import Rows
         >>> opt = jg.sparse_adam(0.1)
         >>> params = {"z": jnp.zeros(5)}
         >>> state = opt.init(params)

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxguides._sites import call_signature
+from jaxguides.model.sites import call_signature
 
 __all__ = [
     "CONCRETIZATION_ERRORS",

@@ -19,7 +19,7 @@ import functools
 import types
 from typing import Any
 
-from jaxguides._identity import _filled
+from jaxguides.model.identity import _filled
 
 __all__ = ["canonical"]
 

@@ -5,7 +5,7 @@ same model with other data, another learning rate, another key) would resume
 without complaint and end somewhere no single run goes. So a checkpoint
 records its run as plain strings, the same in every process:
 
-- ``model``: its name and config (``_identity.py``: the Python values it carries);
+- ``model``: its name and config (``model/identity.py``: the Python values it carries);
 - ``guide``: its type and config (init strategy, ``init_scale``, ...);
 - ``optimizer``: its structure -- the functions it is made of (by name) and
   the Python values they close over (``learning_rate=0.01``, ``b1=0.9``);
@@ -32,8 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxguides._concrete import leaf_labels
-from jaxguides._identity import _ATOMS, _describe, _filled, model_config, model_name
+from jaxguides.model.concrete import leaf_labels
+from jaxguides.model.identity import _ATOMS, _describe, _filled, model_config, model_name
 
 __all__ = ["Record", "difference", "run_record"]
 

@@ -24,8 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxguides._errors import CheckpointError
-from jaxguides._run_identity import Record, difference
-from jaxguides._sharding import gather
+from jaxguides.loop.run_identity import Record, difference
+from jaxguides.parallel.sharding import gather
 
 __all__ = ["load_checkpoint", "read_fit_checkpoint", "resume_state", "save_checkpoint", "write_fit_checkpoint"]
 
@@ -111,7 +111,7 @@ def write_fit_checkpoint(
 
 
 def read_fit_checkpoint(path: str, run: Record) -> Any:
-    """A checkpoint's payload, refused unless this run (see ``_run_identity.py``) wrote it."""
+    """A checkpoint's payload, refused unless this run (see ``loop/run_identity.py``) wrote it."""
     payload = load_checkpoint(path)
     try:
         payload["state"], payload["losses"], payload["num_skipped"]  # noqa: B018

@@ -26,7 +26,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.primitives import Messenger
 
-from jaxguides._sites import is_identity
+from jaxguides.model.sites import is_identity
 
 __all__ = ["call_as_numpyro_guide"]
 
@@ -35,7 +35,7 @@ _STRUCTURE_KEY = 0  # the key of the structural trace: fixed, so a call takes no
 
 def call_as_numpyro_guide(guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, jax.Array]:
     """Run ``guide`` as a NumPyro guide; returns ``{latent site: value}``."""
-    from jaxguides._interop import to_numpyro_params  # the interop edge, which imports the guides
+    from jaxguides.interop.numpyro_params import to_numpyro_params  # the interop edge, which imports the guides
 
     with handlers.block():
         params = guide.init(jax.random.PRNGKey(_STRUCTURE_KEY), *args, **kwargs)

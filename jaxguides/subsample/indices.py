@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpyro
 from numpyro import handlers
 
-from jaxguides._sites import LatentSite, PlateFrame
+from jaxguides.model.sites import LatentSite, PlateFrame
 
 __all__ = ["block_sizes", "draw_indices", "join_blocks", "gather_rows", "plate_scale", "user_plate_indices"]
 
