@@ -85,7 +85,11 @@ def one_step(impl: Any) -> tuple[Any, tuple[Any, ...], Any]:
     if not isinstance(impl, impls.JgScan):
         raise TypeError(f"no single step for {type(impl).__name__}")
     algo, rebuild, state = impl.algo, impl.rebuild, impl.state
-    return (lambda s, arrs: algo.step(s, *rebuild(arrs))), (state, impl.arrays), (state.params, state.opt_state)
+    return (
+        (lambda s, arrs: (lambda out: (out[0], out[1].loss))(algo.step(s, *rebuild(arrs)))),
+        (state, impl.arrays),
+        (state.params, state.opt_state),
+    )
 
 
 def measure(k: int, guide: str, steps: int, runs: int) -> list[dict[str, Any]]:

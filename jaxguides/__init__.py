@@ -9,6 +9,7 @@ from numpyro.infer.initialization import (
     init_to_value,
 )
 
+from jaxguides._caches import clear_caches
 from jaxguides._errors import (
     CheckpointError,
     FitInterrupted,
@@ -24,11 +25,13 @@ from jaxguides.guides.normal import AutoNormal, AutoNormalParams
 from jaxguides.interop.arviz_data import to_arviz
 from jaxguides.interop.numpyro_params import from_numpyro_params, to_numpyro_params
 from jaxguides.loop.checkpoint import load_checkpoint, save_checkpoint
-from jaxguides.loop.fit import SVI, FitResult, SVIState, fit, fit_many, svi
+from jaxguides.loop.fit import FitResult, fit, fit_many
 from jaxguides.model.sites import LatentSite, ModelSites, PlateFrame
 from jaxguides.optim.sparse import SparseAdamState, SparseTransformation, apply_rows, sparse_adam
 from jaxguides.parallel.sharding import shard_args, shard_state, state_shardings
 from jaxguides.subsample.epoch import PlateCursor, SubsampleState
+from jaxguides.svi.state import SVI, SVIInfo, SVIState
+from jaxguides.svi.step import svi
 
 __version__ = "0.1.0"
 
@@ -51,12 +54,14 @@ __all__ = [
     "PlateCursor",
     "PlateFrame",
     "SVI",
+    "SVIInfo",
     "SVIState",
     "SiteError",
     "SparseAdamState",
     "SparseTransformation",
     "SubsampleState",
     "apply_rows",
+    "clear_caches",
     "elbo_loss",
     "fit",
     "fit_many",

@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
 
     real_install, real_compile_ahead, real_read, chunks = (
         _interrupt.Interrupts.install,
-        _fit._compile_ahead,
-        _fit._read,
+        _fit.compile_ahead,
+        _fit.read_report,
         [],
     )
 
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         time.sleep(0.01)
         return out
 
-    _interrupt.Interrupts.install, _fit._compile_ahead, _fit._read = install, compile_ahead, read
+    _interrupt.Interrupts.install, _fit.compile_ahead, _fit.read_report = install, compile_ahead, read
 
     import _interrupt_worker as me  # the model under its module name, as the test imports it
 

@@ -22,7 +22,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxguides as jg
-from jaxguides.loop.fit import _run_chunk
+from jaxguides.loop.chunks import run_chunk as _run_chunk
 from jaxguides.subsample.epoch import batch_indices
 from jaxguides.subsample.indices import draw_indices
 

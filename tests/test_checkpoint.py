@@ -131,7 +131,7 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch, uninterrupted):
     checkpoint_every steps, and re-running the same command ends where an
     uninterrupted run does."""
     path = tmp_path / "run.ckpt"
-    real_run, calls = fit_module._run_chunk, []
+    real_run, calls = fit_module.run_chunk, []
 
     def dies(*args, **kwargs):
         calls.append(1)
@@ -139,12 +139,12 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch, uninterrupted):
             raise KeyboardInterrupt
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "_run_chunk", dies)
+    monkeypatch.setattr(fit_module, "run_chunk", dies)
     with pytest.raises(KeyboardInterrupt):
         _run(T, checkpoint=path, checkpoint_every=20, chunk_size=10)
     at = int(jg.load_checkpoint(path)["state"].step)
     assert at == 20  # 3 chunks of 10 ran; the last checkpoint was at step 20
-    monkeypatch.setattr(fit_module, "_run_chunk", real_run)
+    monkeypatch.setattr(fit_module, "run_chunk", real_run)
     resumed = _run(T, checkpoint=path, checkpoint_every=20, chunk_size=10)
     np.testing.assert_array_equal(resumed.losses, uninterrupted.losses)
     _equal(resumed.state, uninterrupted.state)

@@ -37,7 +37,7 @@ def subsampled(x):
 
 
 def _caches():
-    return _fit._init._cache_size(), _fit._run_chunk._cache_size()
+    return _fit.run_init._cache_size(), _fit.run_chunk._cache_size()
 
 
 @pytest.mark.parametrize(

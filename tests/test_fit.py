@@ -182,17 +182,20 @@ def test_low_level_init_step_are_pure():
     assert int(s1.step) == 1
     # the next step draws afresh: from the same params, step 1's loss is not step 0's
     _, l_next = step(s1._replace(params=state.params, opt_state=state.opt_state), YC)
-    assert float(l_next) != float(l1)
+    assert float(l_next.loss) != float(l1.loss)
+    # the info: blackjax's (state, info), with the step's loss and whether it was applied
+    assert isinstance(l1, jg.SVIInfo) and bool(l1.finite) and not bool(l1.skipped)
 
     # lax.scan over steps == a Python loop of jitted steps
     def body(s, _):
-        return algo.step(s, YC)
+        s, info = algo.step(s, YC)
+        return s, info.loss
 
     scanned, losses = jax.jit(lambda s: jax.lax.scan(body, s, length=50))(state)
     looped, looped_losses = state, []
     for _ in range(50):
-        looped, loss = step(looped, YC)
-        looped_losses.append(loss)
+        looped, info = step(looped, YC)
+        looped_losses.append(info.loss)
     for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses, np.stack(looped_losses), rtol=1e-5)
@@ -206,11 +209,11 @@ def test_low_level_init_step_are_pure():
     # vmap over states (K chains from K keys), each equal to its own unbatched run
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
     states = jax.vmap(lambda k: algo.init(k, YC))(keys)
-    states, batch_losses = jax.jit(jax.vmap(lambda s: algo.step(s, YC)))(states)
-    assert batch_losses.shape == (3,)
+    states, batch_info = jax.jit(jax.vmap(lambda s: algo.step(s, YC)))(states)
+    assert batch_info.loss.shape == (3,)
     for i in range(3):
-        single, single_loss = step(algo.init(keys[i], YC), YC)
-        np.testing.assert_allclose(batch_losses[i], single_loss, rtol=1e-5)
+        single, single_info = step(algo.init(keys[i], YC), YC)
+        np.testing.assert_allclose(batch_info.loss[i], single_info.loss, rtol=1e-5)
         for a, b in zip(jax.tree.leaves(states), jax.tree.leaves(single)):
             np.testing.assert_allclose(np.asarray(a)[i], b, rtol=1e-5, atol=1e-6)
 
@@ -219,7 +222,8 @@ def test_fit_equals_the_low_level_loop():
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     algo = jg.svi(conjugate, guide, optimizer)
     state = algo.init(jax.random.PRNGKey(3), YC)
-    state, losses = jax.lax.scan(lambda s, _: algo.step(s, YC), state, length=40)
+    state, info = jax.lax.scan(lambda s, _: algo.step(s, YC), state, length=40)
+    losses = info.loss
     result = jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(3), 40, YC, progress_bar=False)
     np.testing.assert_allclose(result.losses, losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(result.state), jax.tree.leaves(state)):
@@ -256,15 +260,15 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     64-step probe. Any run length uses the same compilation."""
     from jaxguides.loop import fit as _fit
 
-    monkeypatch.setattr(_fit, "_SEEN", {})  # as in a fresh process: no rate known
-    real, sizes = _fit._run_chunk, []
+    jg.clear_caches()  # as in a fresh process: no rate known
+    real, sizes = _fit.run_chunk, []
 
     def spy(state, end, dynamic, **static):
         sizes.append(int(end) - int(state.step))
         return real(state, end, dynamic, **static)
 
     spy.lower = real.lower  # fit compiles the chunk ahead through it, as without the spy
-    monkeypatch.setattr(_fit, "_run_chunk", spy)
+    monkeypatch.setattr(_fit, "run_chunk", spy)
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 20_000, YC, progress_bar=False)
     assert sizes[0] == 64 and sum(sizes) == 20_000
@@ -281,40 +285,46 @@ def test_a_map_chunk_lowers_no_random_numbers():
     """A MAP step draws nothing; the seed handler's key splits are dead code that
     jit does not prune inside a while loop's body, so the chunk prunes them
     itself (time to first step: they were 40% of a small model's lowering)."""
+    from jaxguides.loop import args as loop_args
     from jaxguides.loop import fit as _fit
-    from jaxguides.model.canonical import canonical
+    from jaxguides.optim.canonical import canonical
+    from jaxguides.svi import step as svi_step
 
     guide, optimizer = jg.AutoDelta(conjugate), canonical(optax.adam(0.05))
-    dynamic, static = _fit._partition((YC,), {})
+    dynamic, static = loop_args.partition((YC,), {})
     state = jax.eval_shape(
-        lambda k: _fit._init_state(guide, optimizer, k, (YC,), {}, jg.elbo_loss(conjugate, guide)),
+        lambda k: svi_step.init_state(guide, optimizer, k, (YC,), {}, jg.elbo_loss(conjugate, guide)),
         jax.random.PRNGKey(0),
     )
     chunk = dict(
         loss_fn=jg.elbo_loss(conjugate, guide), optimizer=optimizer, static=static, length=64, skip=False, layout=None
     )
-    mlir = _fit._run_chunk.lower(state, np.int32(64), dynamic, **chunk).as_text()
+    mlir = _fit.run_chunk.lower(state, np.int32(64), dynamic, **chunk).as_text()
     assert "while" in mlir and "threefry" not in mlir
     mean_field = dict(chunk, loss_fn=jg.elbo_loss(conjugate, jg.AutoNormal(conjugate)))  # draws: keeps its keys
     normal_state = jax.eval_shape(
-        lambda k: _fit._init_state(jg.AutoNormal(conjugate), optimizer, k, (YC,), {}), jax.random.PRNGKey(0)
+        lambda k: svi_step.init_state(jg.AutoNormal(conjugate), optimizer, k, (YC,), {}), jax.random.PRNGKey(0)
     )
-    assert "threefry" in _fit._run_chunk.lower(normal_state, np.int32(64), dynamic, **mean_field).as_text()
+    assert "threefry" in _fit.run_chunk.lower(normal_state, np.int32(64), dynamic, **mean_field).as_text()
 
 
 def test_a_chunk_updates_the_state_in_place_and_leaves_the_callers_arrays_alone():
     """The chunk's state is donated: XLA aliases every state leaf to its output
     (no copy into the loop, no second copy in memory); the key and data the
     user passed to fit are never donated."""
+    from jaxguides.loop import args as loop_args
     from jaxguides.loop import fit as _fit
-    from jaxguides.model.canonical import canonical
+    from jaxguides.optim.canonical import canonical
+    from jaxguides.svi import step as svi_step
 
     guide, optimizer = jg.AutoNormal(conjugate), canonical(optax.adam(0.05))
     loss_fn = jg.elbo_loss(conjugate, guide)
-    dynamic, static = _fit._partition((YC,), {})
-    state = jax.eval_shape(lambda k: _fit._init_state(guide, optimizer, k, (YC,), {}, loss_fn), jax.random.PRNGKey(0))
+    dynamic, static = loop_args.partition((YC,), {})
+    state = jax.eval_shape(
+        lambda k: svi_step.init_state(guide, optimizer, k, (YC,), {}, loss_fn), jax.random.PRNGKey(0)
+    )
     chunk = dict(loss_fn=loss_fn, optimizer=optimizer, static=static, length=64, skip=False, layout=None)
-    hlo = _fit._run_chunk.lower(state, np.int32(64), dynamic, **chunk).compile().as_text()
+    hlo = _fit.run_chunk.lower(state, np.int32(64), dynamic, **chunk).compile().as_text()
     aliases = hlo.split("input_output_alias={", 1)[1].split("}, entry_computation_layout", 1)[0]
     assert aliases.count("may-alias") + aliases.count("must-alias") == len(jax.tree.leaves(state))
     key, data = jax.random.PRNGKey(3), jnp.asarray(YC)
@@ -508,9 +518,10 @@ def test_nonfinite_skip_intermittent_matches_low_level_step():
     step = jax.jit(algo.step, static_argnums=1)
     state = algo.init(jax.random.PRNGKey(0), threshold)
     for i in range(steps):
-        new, loss = step(state, threshold)
-        assert np.isfinite(loss) != nan_steps[i]
-        if not np.isfinite(loss):  # the low-level step keeps params and optimizer state
+        new, info = step(state, threshold)
+        assert np.isfinite(info.loss) != nan_steps[i]
+        assert bool(info.skipped) == nan_steps[i] == (not bool(info.finite))
+        if not np.isfinite(info.loss):  # the low-level step keeps params and optimizer state
             _equal((new.params, new.opt_state), (state.params, state.opt_state))
             assert int(new.step) == int(state.step) + 1
         state = new
@@ -554,8 +565,9 @@ def test_one_bad_gradient_element_refuses_the_whole_step(pull, usable):
     algo = jg.svi(two_vectors, guide, optax.adam(0.1))
     pull_a, pull_b = jnp.ones(3), jnp.array([0.0, 0.0, 0.0]).at[1].set(pull)
     state = algo.init(jax.random.PRNGKey(0), pull_a, pull_b)
-    new, loss = jax.jit(algo.step)(state, pull_a, pull_b)
-    assert np.isfinite(loss)  # only the gradient can refuse the step
+    new, info = jax.jit(algo.step)(state, pull_a, pull_b)
+    assert np.isfinite(info.loss)  # only the gradient can refuse the step
+    assert bool(info.finite) == usable and bool(info.skipped) != usable  # the info says so
     assert int(new.step) == 1
     moved = not np.allclose(np.asarray(new.params.loc["a"]), np.asarray(state.params.loc["a"]))
     assert moved == usable
@@ -667,3 +679,19 @@ def test_map_then_mean_field_fit():
     np.testing.assert_allclose(normal.median(first.params)["rate"], point["rate"], rtol=1e-6)
     # the rate's posterior is tight: the mean-field median stays near the mode
     np.testing.assert_allclose(normal.median(result.params)["rate"], point["rate"], rtol=0.1)
+
+
+def test_clear_caches_forgets_every_cache_and_changes_no_result():
+    from jaxguides import _caches
+    from jaxguides.loop import chunks
+
+    guide = jg.AutoNormal(conjugate)
+    first = jg.fit(conjugate, guide, optax.adam(0.05), jax.random.PRNGKey(4), 300, YC, progress_bar=False)
+    assert chunks.run_chunk._cache_size() > 0 and any(len(c) for c in _caches._CACHES)
+    jg.clear_caches()
+    assert all(len(c) == 0 for c in _caches._CACHES)
+    assert {c.name for c in _caches._CACHES} == {"optimizers", "chunk rates"}
+    assert chunks.run_chunk._cache_size() == 0 and chunks.run_init._cache_size() == 0
+    again = jg.fit(conjugate, guide, optax.adam(0.05), jax.random.PRNGKey(4), 300, YC, progress_bar=False)
+    np.testing.assert_array_equal(again.losses, first.losses)
+    _equal(again.state, first.state)

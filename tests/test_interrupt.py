@@ -191,7 +191,7 @@ def _small_fit(**options):
 
 
 def _sigint_after_chunk(monkeypatch, k, then=None):
-    real, chunks = _fit._read, []
+    real, chunks = _fit.read_report, []
 
     def read(report):
         chunks.append(1)
@@ -202,7 +202,7 @@ def _sigint_after_chunk(monkeypatch, k, then=None):
                 then()
         return real(report)
 
-    monkeypatch.setattr(_fit, "_read", read)
+    monkeypatch.setattr(_fit, "read_report", read)
 
 
 def test_in_process_interrupt_and_handler_restored(monkeypatch, tmp_path):

@@ -153,7 +153,8 @@ def test_fit_scales_the_subsample_unbiasedly():
     algo = jg.svi(regression, guide, optax.sgd(0.0))
     state = algo.init(jax.random.PRNGKey(0), X)
     assert set(state.subsample.plates) == {"data"}
-    _, losses = jax.lax.scan(lambda s, _: algo.step(s, X), state, length=3 * (N // B))
+    _, info = jax.lax.scan(lambda s, _: algo.step(s, X), state, length=3 * (N // B))
+    losses = info.loss
     full = jg.elbo_loss(regression_full, jg.AutoDelta(regression_full))
     params = jg.AutoDelta(regression_full).init(jax.random.PRNGKey(0), X)
     params = type(params)(loc=state.params.loc, support=params.support, sites=params.sites)
@@ -200,8 +201,8 @@ def test_a_non_finite_step_does_not_consume_its_batch():
     rows = jax.jit(lambda s: next_batch(s, state.params.sites.plates)[1]["data"])
     finite = []
     for _ in range(20):
-        new, loss = step(state, X, 0.0)
-        finite.append(bool(np.isfinite(loss)))
+        new, info = step(state, X, 0.0)
+        finite.append(bool(np.isfinite(info.loss)))
         # the next step sees this step's batch again exactly when this step was not finite
         assert np.array_equal(rows(new.subsample), rows(state.subsample)) == (not finite[-1])
         state = new

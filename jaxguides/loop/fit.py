@@ -1,29 +1,15 @@
-"""The SVI loop: a pure ``init`` / ``step`` pair, and ``fit`` on top of it.
+"""``fit`` and ``fit_many``: the SVI step (``svi/step.py``) run in compiled chunks.
 
-``svi(model, guide, optimizer)`` gives blackjax-style ``SVI(init, step)``:
-``init(rng_key, *args, **kwargs) -> SVIState`` and
-``step(state, *args, **kwargs) -> (state, loss)``, both pure and jittable.
-A step whose loss or gradient is not finite leaves params and optimizer
-state untouched (only the step count moves on). Step ``i`` draws its random
-numbers from ``fold_in(rng_key, i)``; ``state.rng_key`` stays the key given.
-
-``fit`` runs steps in compiled chunks (a ``lax.while_loop`` of up to
-``chunk_size`` steps), shows a tqdm bar with the running loss between chunks,
-stops on a non-finite step with the last finite state (or skips such steps),
-and writes atomic checkpoints it resumes from bit for bit (only for the run
-that wrote them: ``loop/run_identity.py``). It refuses NaN data first
-(``model/data_check.py``), and stops on Ctrl-C at a chunk boundary
-(``loop/interrupt.py``); XLA compiles on two compile threads while the main thread
-traces and then waits, so that Ctrl-C is seen even during a long compile. ``fit_many`` fits K
-seeds (or K datasets) at once with ``vmap``.
-
-Subsampled plates: ``init`` gives every subsampled plate that the fit draws
-itself an epoch cursor (``SVIState.subsample``, see ``subsample/epoch.py``), so a step
-takes the next batch of rows of a per-epoch permutation, computed for that
-batch only, in O(batch), instead of NumPyro's O(N) draw per step. With
-``optimizer=jg.sparse_adam(...)`` a step differentiates the loss with respect
-to the batch's rows of the local latents only and updates just those rows
-(``optim/sparse.py``): O(batch), not O(N).
+``fit`` runs steps in compiled chunks (``loop/chunks.py``; their length:
+``loop/pacing.py``), shows a tqdm bar with the running loss between chunks
+(``loop/progress.py``), stops on a non-finite step with the last finite state
+(or skips such steps), and writes atomic checkpoints it resumes from bit for
+bit (only for the run that wrote them: ``loop/run_identity.py``). It refuses
+NaN data first (``model/data_check.py``), and stops on Ctrl-C at a chunk
+boundary (``loop/interrupt.py``); XLA compiles on two compile threads while
+the main thread traces and then waits (``loop/compile.py``), so that Ctrl-C is
+seen even during a long compile. ``fit_many`` fits K seeds (or K datasets) at
+once with ``vmap``.
 """
 
 from __future__ import annotations
@@ -36,483 +22,62 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from jaxguides._errors import FitInterrupted, ModelTraceError, NonFiniteLossError
-from jaxguides.elbo.loss import ELBOLoss, elbo_loss
-from jaxguides.elbo.total import total
+from jaxguides._caches import BoundedCache
+from jaxguides._errors import FitInterrupted, NonFiniteLossError
+from jaxguides.elbo.loss import elbo_loss
+from jaxguides.loop.args import (
+    Static,
+    combine,
+    partition,
+    with_concrete_args,
+)
 from jaxguides.loop.checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
-from jaxguides.loop.dce import without_dead_code
+from jaxguides.loop.chunks import (
+    chunk_end,
+    read_report,
+    run_chunk,
+    run_chunk_many,
+    run_init,
+    run_init_many,
+)
+from jaxguides.loop.compile import (
+    compile_ahead,
+    compile_beside,
+    wait_for,
+)
 from jaxguides.loop.interrupt import current as current_interrupts
 from jaxguides.loop.interrupt import interruptible
-from jaxguides.loop.run_identity import Record, run_record
-from jaxguides.model.canonical import canonical
-from jaxguides.model.concrete import (
-    Concrete,
-    arg_entries,
-    concretization_error,
-    culprits,
-    explain,
-    leaf_labels,
-    numpy_args,
-    static_leaves,
+from jaxguides.loop.pacing import (
+    Pacer,
+    chunk_length,
+    default_chunk,
 )
+from jaxguides.loop.progress import (
+    begin_steps,
+    nanmean,
+    progress,
+)
+from jaxguides.loop.run_identity import Record, run_record
 from jaxguides.model.data_check import check_finite_data, nonfinite_members
+from jaxguides.optim.canonical import canonical
 from jaxguides.optim.optimizers import as_optax
-from jaxguides.optim.sparse import SparseTransformation, apply_rows, row_spec, take_rows
-from jaxguides.optim.trained import trained_part, with_constants
 from jaxguides.parallel.sharding import PlateLayout, place, shard_args
-from jaxguides.subsample.epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides.subsample.indices import Indices, draw_indices, user_plate_indices
-
-__all__ = ["SVI", "FitResult", "SVIState", "fit", "fit_many", "svi"]
-
-
-class SVIState(NamedTuple):
-    """Everything a fit needs to go on: a pytree, saved whole in checkpoints.
-
-    Attributes:
-        params: the guide's params.
-        opt_state: the optax optimizer state.
-        rng_key: the fit's key; step ``i`` draws from ``fold_in(rng_key, i)``,
-            so a step that draws nothing costs no random-number work.
-        step: number of steps taken (``int32`` scalar).
-        subsample: the epoch cursors of the subsampled plates the fit draws
-            itself (:class:`SubsampleState`), or ``None``: no such plate, a
-            custom loss, or a state built by hand, whose steps draw each
-            batch afresh as NumPyro does.
-    """
-
-    params: Any
-    opt_state: optax.OptState
-    rng_key: jax.Array
-    step: jax.Array
-    subsample: SubsampleState | None = None
-
-
-class SVI(NamedTuple):
-    """A pair of pure functions, ``init`` and ``step`` (see :func:`svi`)."""
-
-    init: Callable[..., SVIState]
-    step: Callable[..., tuple[SVIState, jax.Array]]
-
-
-# ---- arguments: arrays are traced, everything else is static --------------------
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    treedef: Any
-    leaves: tuple[tuple[int, Any], ...]
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
-
-
-def _partition(
-    args: tuple[Any, ...], kwargs: dict[str, Any], concrete: set[int] | frozenset[int] = frozenset()
-) -> tuple[list[Any], _Static]:
-    """``(dynamic, static)``: array leaves traced, the rest static; the array
-    leaves at positions ``concrete`` are static too, by value (see ``model/concrete.py``)."""
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    traced = [_is_array(x) and i not in concrete for i, x in enumerate(leaves)]
-    dynamic = [x if t else None for x, t in zip(leaves, traced)]
-    static = tuple((i, Concrete(x) if _is_array(x) else x) for i, (x, t) in enumerate(zip(leaves, traced)) if not t)
-    try:
-        hash(static)
-    except TypeError as err:
-        raise TypeError(f"model arguments must be arrays or hashable Python values: {err}") from None
-    return dynamic, _Static(treedef, static)
-
-
-def _combine(dynamic: list[Any], static: _Static) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    fixed = {i: x.value if isinstance(x, Concrete) else x for i, x in static.leaves}
-    leaves = [fixed[i] if i in fixed else x for i, x in enumerate(dynamic)]
-    return jax.tree_util.tree_unflatten(static.treedef, leaves)
-
-
-def _with_concrete_args(
-    name: str,
-    run: Callable[..., Any],
-    model: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    static_argnames: Sequence[int | str],
-) -> Any:
-    """``run(args, kwargs, concrete)`` with the leaves ``static_argnames`` names
-    kept concrete. If tracing the model fails on a traced value, once more with
-    every NumPy array argument concrete too, with a warning; an error that
-    remains names the argument and ``static_argnames``. Such an error is raised
-    while tracing, before any step has run, so the second run starts afresh."""
-    concrete = static_leaves(model, args, kwargs, static_argnames)
-    for attempt in range(2):
-        try:
-            return run(args, kwargs, concrete)
-        except Exception as err:  # noqa: BLE001 - only a concretization error is handled
-            cause = concretization_error(err)
-            if cause is None:
-                raise
-            labels, entries = leaf_labels(model, args, kwargs), arg_entries(model, args, kwargs)
-            leaves = jax.tree.leaves((args, kwargs))
-            traced = [i for i, x in enumerate(leaves) if _is_array(x) and i not in concrete]
-            needed, pinned = culprits(cause, args, kwargs, traced)
-            names = list(dict.fromkeys(labels[i] for i in needed))
-            suggest = tuple(dict.fromkeys(entries[i] for i in needed))
-            numpy_leaves = {i for i in traced if isinstance(leaves[i], (np.ndarray, np.generic))}
-            more = numpy_args(args, kwargs, concrete)
-            if attempt == 1 or not numpy_leaves or (pinned and not numpy_leaves & set(needed)):
-                fix = (
-                    f"Keep it concrete with {name}(..., static_argnames={suggest!r}) (a jax.Array is kept concrete "
-                    "only when named there): its value then keys the compilation, one compilation per distinct value."
-                )
-                site = getattr(err, "site", None)
-                raise ModelTraceError(site, explain(cause, names, pinned, f"{name} traces it", fix)) from cause
-            kept = [labels[i] for i in sorted(numpy_leaves)]
-            warnings.warn(
-                f"{name}: the model needs the concrete value of {', '.join(names)}; it is traced again with the "
-                f"NumPy array arguments {list(dict.fromkeys(kept))} kept concrete (static). Each distinct value of "
-                "them compiles anew, and each is a constant of the compiled program: keep concrete only what the "
-                f"model reads in Python, {name}(..., static_argnames={suggest!r}), which also silences this.",
-                stacklevel=3,
-            )
-            concrete = concrete | static_leaves(model, args, kwargs, more)
-    raise AssertionError("unreachable")
-
-
-def _explained(
-    where: str, model: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], err: Exception
-) -> ModelTraceError | None:
-    """When ``err`` is a concretization error about traced model args (``svi``'s
-    ``init`` / ``step`` inside a user's ``jit``, ``vmap``, ``scan``), a
-    ``ModelTraceError`` naming them and the fix; else ``None``."""
-    cause = concretization_error(err)
-    leaves = jax.tree.leaves((args, kwargs))
-    traced = [i for i, x in enumerate(leaves) if isinstance(x, jax.core.Tracer)]
-    if cause is None or not traced:
-        return None
-    fix = (
-        "Keep the data the model reads in Python out of the traced arguments: close over it, e.g. "
-        "jax.jit(lambda state: algo.step(state, *args)) (a NumPy array stays concrete), or use "
-        "jg.fit(..., static_argnames=...)."
-    )
-    needed, pinned = culprits(cause, args, kwargs, traced)
-    names = list(dict.fromkeys(leaf_labels(model, args, kwargs)[i] for i in needed))
-    where = f"it is traced in {where} (under jax.jit, vmap or lax.scan)"
-    explained = ModelTraceError(getattr(err, "site", None), explain(cause, names, pinned, where, fix))
-    explained.__cause__ = cause
-    return explained
-
-
-# ---- one step -----------------------------------------------------------------------
-def _usable(grads: Any) -> jax.Array:
-    """Every gradient element and its square are finite.
-
-    Adam-family optimizers square the gradient: a finite gradient whose square
-    overflows (|g| > 1.8e19 in float32) would leave ``nu = inf`` in the optimizer
-    state for good. ``g * g * 0`` is 0 where ``g**2`` is finite and NaN where ``g``
-    is NaN or infinite or its square overflows, so its sum is finite exactly when
-    the step is usable. A sum, not a ``max |g|``: XLA:CPU vectorises it (a NaN-
-    propagating max it does not), and :func:`total` gives leaves of one shape and
-    dtype one reduction (hierarchical K=1,000 AutoDelta: 4.6 -> 3.9 µs a step).
-    """
-    return jnp.isfinite(total(x * x * 0 for x in jax.tree.leaves(grads)))
-
-
-def _epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """The subsampled plates a fit draws from epoch permutations: those of an
-    ``ELBOLoss`` that ``create_plates`` does not fix (a plate drawn in
-    per-device blocks, as a sharded one is, gets one permutation per block)."""
-    if not isinstance(loss_fn, ELBOLoss):
-        return ()
-    fixed = user_plate_indices(loss_fn.guide.create_plates, jax.random.PRNGKey(0), args, kwargs)
-    return tuple(p for p in sites.subsampled_plates if p.name not in fixed)
-
-
-def _step_indices(
-    loss_fn: ELBOLoss, state: SVIState, step_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[SubsampleState | None, Indices, jax.Array]:
-    """This step's rows of every subsampled plate: the epoch cursors' next batch
-    (with the cursors it came from), the user's ``create_plates`` rows, fresh
-    (stratified) draws for the rest; and the key left for the loss. Only fresh
-    draws take a key of their own (split off ``step_key``)."""
-    plates, blocks = state.params.sites.plates, dict(loss_fn.subsample_blocks)
-    cursors, own = next_batch(state.subsample, plates, blocks) if state.subsample is not None else (None, {})
-    rest = tuple(p for p in plates if p.name not in own)
-    create_plates = loss_fn.guide.create_plates
-    if create_plates is None and not any(p.subsampled for p in rest):
-        return cursors, own, step_key
-    plate_key, step_key = jax.random.split(step_key)
-    return cursors, {**draw_indices(rest, plate_key, create_plates, args, kwargs, blocks), **own}, step_key
-
-
-def _update(
-    loss_fn: Callable[..., jax.Array],
-    optimizer: optax.GradientTransformation,
-    state: SVIState,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> tuple[SVIState, jax.Array, jax.Array]:
-    """One SVI step. A non-finite loss or gradient (or a gradient whose square
-    overflows) keeps params, optimizer state and the epoch cursors as they were;
-    only the step count moves on."""
-    step_key = jax.random.fold_in(state.rng_key, state.step)  # dead code, compiled away, if nothing draws
-    sparse = isinstance(optimizer, SparseTransformation) and isinstance(loss_fn, ELBOLoss)
-    spec, subsample, blocks = None, state.subsample, {}
-    trained, constant = trained_part(state.params)
-
-    def loss_and_state(t: Any, **rows: Any) -> tuple[jax.Array, dict[str, Any]]:
-        """The loss of params ``t`` (trained part) and the model's mutable state after it."""
-        params = with_constants(t, constant)
-        if isinstance(loss_fn, ELBOLoss):
-            return loss_fn.evaluate_with_state(params, step_key, args, kwargs, **rows)
-        return loss_fn(params, step_key, *args, **kwargs), {}
-
-    if state.subsample is None and not sparse:  # the loss draws its own rows, if any
-        (loss, model_state), grads = jax.value_and_grad(loss_and_state, has_aux=True)(trained)
-    else:
-        if not isinstance(loss_fn, ELBOLoss):
-            raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
-        blocks = dict(loss_fn.subsample_blocks)
-        subsample, indices, step_key = _step_indices(loss_fn, state, step_key, args, kwargs)
-        spec = row_spec(trained, indices) if sparse else None
-        if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
-            local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}
-            (loss, model_state), grads = jax.value_and_grad(
-                lambda t: loss_and_state(t, indices=indices, guide_indices=local), has_aux=True
-            )(take_rows(trained, spec))
-        else:
-            spec = None
-            (loss, model_state), grads = jax.value_and_grad(lambda t: loss_and_state(t, indices=indices), has_aux=True)(
-                trained
-            )
-    finite = jnp.isfinite(loss) & _usable(grads)
-    if model_state:  # the model's numpyro.mutable state after this step, as it was typed before
-        model_state = jax.tree.map(
-            lambda new, old: jnp.asarray(new, jnp.result_type(old)), model_state, constant["model_state"]
-        )
-    updated = {**constant, "model_state": model_state} if model_state else constant
-    if spec is None:  # dense: update only on finite steps; a cond, not a select over the whole state
-
-        def commit(t: Any, opt_state: Any, new: Any, old: Any) -> tuple[Any, Any, Any]:
-            updates, opt_state = optimizer.update(grads, opt_state, t)
-            return optax.apply_updates(t, updates), opt_state, new
-
-        def keep(t: Any, opt_state: Any, new: Any, old: Any) -> tuple[Any, Any, Any]:
-            return t, opt_state, old
-
-        trained, opt_state, constant = jax.lax.cond(finite, commit, keep, trained, state.opt_state, updated, constant)
-    else:  # row-sparse: the batch's rows are written in place on every step, masked by `finite`
-        # (a table written in place inside a cond branch is copied whole by XLA on every step)
-        updates, opt_state = optimizer.update(grads, state.opt_state, trained, rows=spec, mask=finite)
-        trained = apply_rows(trained, updates, spec, mask=finite)
-        constant = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, constant)
-    params = with_constants(trained, constant)
-    if subsample is not None:
-        subsample = advance(subsample, state.params.sites.plates, finite, blocks)
-    return SVIState(params, opt_state, state.rng_key, state.step + 1, subsample), loss, finite
-
-
-def svi(
-    model: Callable[..., Any],
-    guide: Any,
-    optimizer: optax.GradientTransformation,
-    *,
-    loss: Callable[..., jax.Array] | None = None,
-) -> SVI:
-    """The low-level ``SVI(init, step)`` pair for writing your own loop.
-
-    Args:
-        model: the NumPyro model.
-        guide: an ``AutoNormal`` or ``AutoDelta`` of it.
-        optimizer: any optax ``GradientTransformation``.
-        loss: ``loss(params, rng_key, *args, **kwargs)``; default
-            ``elbo_loss(model, guide)``.
-
-    Returns:
-        ``SVI(init, step)``: ``init(rng_key, *args, **kwargs) -> SVIState`` and
-        ``step(state, *args, **kwargs) -> (SVIState, loss)``. ``step`` is pure:
-        it can be jitted, ``lax.scan``-ned, ``vmap``-ped and donated. A step with
-        a non-finite loss or gradient keeps params and optimizer state.
-
-    Examples:
-        >>> import jax, optax, numpyro, numpyro.distributions as dist, jaxguides as jg
-        >>> def model(y):
-        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
-        ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-        >>> algo = jg.svi(model, jg.AutoNormal(model), optax.adam(1e-2))
-        >>> state = algo.init(jax.random.PRNGKey(0), 1.0)
-        >>> state, losses = jax.lax.scan(lambda s, _: algo.step(s, 1.0), state, length=10)
-        >>> int(state.step)
-        10
-    """
-    optimizer = as_optax(optimizer)
-    loss_fn = elbo_loss(model, guide) if loss is None else loss
-
-    def init(rng_key: jax.Array, *args: Any, **kwargs: Any) -> SVIState:
-        try:
-            return _init_state(guide, optimizer, rng_key, args, kwargs, loss_fn)
-        except Exception as err:  # noqa: BLE001 - re-raised, explained if it is about traced args
-            explained = _explained("svi's init", model, args, kwargs, err)
-            if explained is None:
-                raise
-            raise explained from explained.__cause__
-
-    def step(state: SVIState, *args: Any, **kwargs: Any) -> tuple[SVIState, jax.Array]:
-        try:
-            new_state, loss, _ = _update(loss_fn, optimizer, state, args, kwargs)
-        except Exception as err:  # noqa: BLE001 - re-raised, explained if it is about traced args
-            explained = _explained("svi's step", model, args, kwargs, err)
-            if explained is None:
-                raise
-            raise explained from explained.__cause__
-        return new_state, loss
-
-    return SVI(init, step)
-
-
-_INIT_STREAM = 0xFFFFFFFF  # fold_in(rng_key, this) seeds init; step i folds in i < 2**31, never this
-
-
-def _init_state(
-    guide: Any,
-    optimizer: optax.GradientTransformation,
-    rng_key: jax.Array,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    loss_fn: Any = None,
-) -> SVIState:
-    """The state before the first step; with ``loss_fn`` an ``ELBOLoss``, epoch
-    cursors for the subsampled plates it draws (see ``jaxguides/subsample/epoch.py``)."""
-    # Steps run from rng_key itself, init from a key folded off it: an init that
-    # draws nothing (init_to_feasible) then compiles without random-number code.
-    init_key = jax.random.fold_in(rng_key, _INIT_STREAM)
-    params = guide.init(init_key, *args, **kwargs)
-    plates = _epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
-    subsample = init_subsample(plates, rng_key)
-    return SVIState(params, optimizer.init(trained_part(params)[0]), rng_key, jnp.zeros((), jnp.int32), subsample)
-
-
-# ---- compiled chunks ----------------------------------------------------------------
-class _Chunk(NamedTuple):
-    state: SVIState
-    # int32[length + 2]: the losses' float32 bits, the first non-finite step (-1 if
-    # none; on_nonfinite="raise"), the steps skipped (on_nonfinite="skip"). One
-    # array, so the host reads a chunk's outcome in one transfer.
-    report: jax.Array
-
-
-def _read(report: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(losses [..., length], bad_step [...], skipped [...])`` of a chunk's report."""
-    host = np.asarray(report)
-    return host[..., :-2].view(np.float32), host[..., -2], host[..., -1]
-
-
-def _chunk(
-    state: SVIState,
-    end: jax.Array,
-    dynamic: list[Any],
-    loss_fn: Callable[..., jax.Array],
-    optimizer: optax.GradientTransformation,
-    static: _Static,
-    length: int,
-    skip: bool,
-    layout: PlateLayout | None = None,
-) -> _Chunk:
-    pin = (lambda s: s) if layout is None else layout.constrain  # same layout in and out
-    state = pin(state)
-    start = state.step
-    end = jnp.minimum(end, start + length)  # the loss buffer holds `length` steps
-
-    def update(state: SVIState, dynamic: list[Any]) -> tuple[SVIState, jax.Array, jax.Array]:
-        return _update(loss_fn, optimizer, state, *_combine(dynamic, static))
-
-    update = without_dead_code(update)  # a while body is not pruned by jit: see loop/dce.py
-
-    # A while loop, not a scan of cond(active, step, idle): a step that writes rows in
-    # place (sparse_adam) inside a cond branch makes XLA copy every table it writes.
-    # The step count is the loop counter: the loss of step s goes to losses[s - start].
-    def active(carry: tuple[Any, ...]) -> jax.Array:
-        state, ok, _, _ = carry
-        return (state.step < end) & ok
-
-    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        state, ok, skipped, losses = carry
-        new, loss, finite = update(state, dynamic)
-        if skip:
-            skipped = skipped + (~finite).astype(jnp.int32)
-        else:  # stop: keep the last finite state exactly as it was (_update kept the rest)
-            ok = finite
-            new = new._replace(step=jnp.where(finite, new.step, state.step))
-        losses = losses.at[state.step - start].set(loss.astype(jnp.float32))  # float64 under x64
-        return pin(new), ok, skipped, losses
-
-    init = (state, jnp.array(True), jnp.array(0, jnp.int32), jnp.full((length,), jnp.nan, jnp.float32))
-    state, ok, skipped, losses = jax.lax.while_loop(active, body, init)
-    bad = jnp.where(ok, -1, state.step)  # a stopped chunk stands at its non-finite step
-    flags = jnp.stack([bad, skipped]).astype(jnp.int32)
-    report = jnp.concatenate([jax.lax.bitcast_convert_type(losses, jnp.int32), flags])
-    if layout is not None:
-        report = layout.constrain_replicated(report)
-    return _Chunk(pin(state), report)
-
-
-_STATIC = ("loss_fn", "optimizer", "static", "length", "skip", "layout")
-
-
-# The state is donated: fit hands each chunk a state only it holds (init's, a
-# checkpoint's, the last chunk's), so XLA updates it in place, with no copy of
-# params and optimizer state into the loop (and no second copy of them in memory).
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=0)
-def _run_chunk(state: SVIState, end: jax.Array, dynamic: list[Any], **static: Any) -> _Chunk:
-    return _chunk(state, end, dynamic, **static)
-
-
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_args"), donate_argnums=0)
-def _run_chunk_many(state: SVIState, end: jax.Array, dynamic: list[Any], batched_args: bool, **static: Any) -> _Chunk:
-    run = functools.partial(_chunk, **static)
-    return jax.vmap(run, in_axes=(0, None, 0 if batched_args else None))(state, end, dynamic)  # type: ignore[call-arg]
-
-
-@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "layout", "loss_fn"))
-def _init(
-    rng_key: jax.Array,
-    dynamic: list[Any],
-    guide: Any,
-    optimizer: optax.GradientTransformation,
-    static: _Static,
-    layout: PlateLayout | None = None,
-    loss_fn: Any = None,
-) -> SVIState:
-    state = _init_state(guide, optimizer, rng_key, *_combine(dynamic, static), loss_fn)
-    return state if layout is None else layout.constrain(state)
-
-
-@functools.partial(jax.jit, static_argnames=("guide", "optimizer", "static", "batched_args"))
-def _init_many(
-    rng_keys: jax.Array,
-    dynamic: list[Any],
-    guide: Any,
-    optimizer: optax.GradientTransformation,
-    static: _Static,
-    batched_args: bool,
-) -> SVIState:
-    def one(key: jax.Array, dyn: list[Any]) -> SVIState:
-        return _init_state(guide, optimizer, key, *_combine(dyn, static))
-
-    return jax.vmap(one, in_axes=(0, 0 if batched_args else None))(rng_keys, dynamic)
-
-
-# ---- fit ------------------------------------------------------------------------------
-def _nanmean(x: np.ndarray, axis: int | None = None) -> Any:
-    """``np.nanmean`` without its warning on all-NaN slices (skipped steps): NaN there."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=axis)
+from jaxguides.svi.state import (
+    SVIState,
+)
+
+__all__ = ["FitResult", "fit", "fit_many"]
+
+# (guide, chunk's static args, argument avals) fit has compiled -> the chunk's
+# last measured seconds per step (None until a chunk of >= 64 steps has run)
+_SEEN = BoundedCache("chunk rates", max_size=4096)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -541,97 +106,11 @@ class FitResult:
         if losses.ndim != 2:
             raise ValueError("best() picks among the K fits of fit_many; this result holds one fit")
         window = window or max(1, losses.shape[1] // 10)
-        final = _nanmean(losses[:, -window:], axis=1)
+        final = nanmean(losses[:, -window:], axis=1)
         final = np.where(np.isfinite(final), final, np.inf)
         i = int(np.argmin(final))
         pick = functools.partial(jax.tree.map, lambda x: x[i])
         return FitResult(pick(self.params), losses[i], pick(self.state), np.asarray(self.num_skipped)[i])
-
-
-_MAX_CHUNK = 4096  # steps one default chunk can hold (its loss buffer): one compilation for every fit length
-_FIRST_CHUNK = 64  # steps of the first default chunk, so the bar moves soon
-_CHUNK_SECONDS = 0.25  # default chunks grow (or shrink) to about this long
-
-
-class _NoBar:
-    """What ``fit`` calls on its bar, doing nothing (a disabled tqdm still costs ~25 µs a call)."""
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        return None
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        return None
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        return None
-
-    def reset(self, total: int | None = None) -> None:
-        return None
-
-
-def _progress(enabled: bool, **kwargs: Any) -> Any:
-    """A tqdm bar, or a no-op one when ``progress_bar=False``. Its description
-    names the phase: ``fit: tracing``, ``fit: compiling``, then ``fit`` while
-    steps run (``fit: interrupted`` after Ctrl-C)."""
-    return tqdm(**kwargs) if enabled else _NoBar()
-
-
-def _chunk_length(num_steps: int, chunk_size: int | None) -> int:
-    """Steps a compiled chunk can hold (static: it keys the compilation)."""
-    if chunk_size is None:
-        return _MAX_CHUNK
-    return max(1, min(chunk_size, max(num_steps, 1)))
-
-
-def _default_chunk(num_steps: int) -> int:
-    """About 2% of the run, a power of two in [64, 1024]."""
-    return min(max(64, 1 << (max(num_steps // 50, 1) - 1).bit_length()), 1024)
-
-
-class _Pacer:
-    """Steps for the next chunk. With ``chunk_size`` given, always that many.
-    By default chunks start at 64 steps and then aim at ``_CHUNK_SECONDS`` of
-    compute each (at most ``_MAX_CHUNK``), so a step of a few microseconds is
-    not dominated by the chunks' fixed cost (dispatch, the loop's entry, the
-    host sync: ~0.15 ms each on a 2-core CPU) and the bar still moves a few times
-    a second. The first chunk's time includes that fixed cost, so the estimate
-    errs towards shorter chunks. A fit of a chunk that an earlier fit has run
-    (same model, guide, optimizer, shapes: ``rate``, its seconds per step)
-    starts at that rate's length instead, with no 64-step probe. The count is
-    a runtime argument of the compiled chunk, not part of its compilation;
-    results do not depend on it. Across processes (``jax.distributed``) every
-    process must pass the same count, so there chunks keep a fixed length of
-    about 2% of the run."""
-
-    def __init__(self, num_steps: int, chunk_size: int | None, length: int, rate: float | None = None):
-        self.length, self.rate = length, rate
-        self.fixed = chunk_size is not None or jax.process_count() > 1
-        if chunk_size is None and self.fixed:
-            self.steps = _default_chunk(num_steps)
-        elif chunk_size is not None:
-            self.steps = length
-        else:
-            self.steps = _FIRST_CHUNK if rate is None else self._steps_for(rate)
-        self.steps = min(self.steps, length)
-
-    def _steps_for(self, rate: float) -> int:
-        return max(1, min(int(_CHUNK_SECONDS / max(rate, 1e-9)), self.length))
-
-    def update(self, done: int, seconds: float) -> None:
-        if self.fixed or done < 1:
-            return
-        if done >= _FIRST_CHUNK:  # a shorter chunk's time is mostly its fixed cost
-            self.rate = seconds / done
-        self.steps = self._steps_for(seconds / done)
 
 
 def _check_init(guide: Any, rng_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -785,7 +264,7 @@ def fit(
         shard_plates=shard_plates,
     )
     run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
-    return _with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+    return with_concrete_args("fit", run, model, args, kwargs, static_argnames)
 
 
 @interruptible(lambda result: _interrupted_late(result))
@@ -814,36 +293,36 @@ def _fit(
     _check_init(guide, rng_key, args, kwargs)
     optimizer = canonical(as_optax(optimizer))  # an equal optimizer built anew reuses the compilation
     loss_fn = elbo_loss(model, guide) if loss is None else loss
-    dynamic, static = _partition(args, kwargs, concrete)
+    dynamic, static = partition(args, kwargs, concrete)
     layout = None
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/parallel/sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
         loss_fn = layout.stratify(loss_fn)
-    length = _chunk_length(num_steps, chunk_size)
+    length = chunk_length(num_steps, chunk_size)
     chunk_static = dict(
         loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip", layout=layout
     )
-    end = _end(num_steps, layout)
-    init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
+    end = chunk_end(num_steps, layout)
+    init = functools.partial(run_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
     resuming = checkpoint is not None and os.path.exists(checkpoint)
     run_id = run_record(model, guide, optimizer, loss, rng_key, args, kwargs) if checkpoint is not None else None
     payload = read_fit_checkpoint(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
     first = seen not in _SEEN  # then compile the chunk ahead, beside init
     interrupts = current_interrupts()
-    run = functools.partial(_run_chunk, **chunk_static)
-    with _progress(progress_bar, total=num_steps, desc="fit: tracing") as bar:
+    run = functools.partial(run_chunk, **chunk_static)
+    with progress(progress_bar, total=num_steps, desc="fit: tracing") as bar:
         # Tracing runs here; XLA compiles on the compile threads while this thread waits in Python,
         # so Ctrl-C is seen at once (and a second one ends the process) even during a long compile.
         compiling: list[concurrent.futures.Future[Any]] = []
         try:
             ahead = first and layout is None and not resuming  # the chunk, from init's shapes, beside init
             if ahead:
-                compiling.append(_compile_ahead(init, chunk_static, rng_key, end, dynamic))
+                compiling.append(compile_ahead(init, chunk_static, rng_key, end, dynamic))
             if first:
-                compiling.append(_compile_beside(init, rng_key, dynamic))
+                compiling.append(compile_beside(init, rng_key, dynamic))
                 bar.set_description("fit: compiling")
-            _wait(compiling)
+            wait_for(compiling)
             state = init(rng_key, dynamic)
             losses = np.full(num_steps, np.nan, np.float32)
             skipped = 0
@@ -854,17 +333,17 @@ def _fit(
                 losses[:n] = saved[:n]
             if first and not ahead:  # the chunk, from the state itself (a resumed one, a sharded one)
                 bar.set_description("fit: tracing")
-                compiling.append(_compile_beside(run, state, _end(num_steps, layout), dynamic))
+                compiling.append(compile_beside(run, state, chunk_end(num_steps, layout), dynamic))
                 bar.set_description("fit: compiling")
-                _wait(compiling)
+                wait_for(compiling)
         finally:  # XLA is never left compiling beside an exception (interpreter exit racing it crashed)
-            _wait(compiling)
+            wait_for(compiling)
         step = int(state.step) if resuming else 0  # init starts at 0: no wait for it before the first chunk
         last_saved, done = step, 0
-        if first and len(_SEEN) < 4096:
-            _SEEN[seen] = None
-        pacer = _Pacer(num_steps, chunk_size, length, _SEEN.get(seen))
-        _begin_steps(bar, step, "fit")
+        if first:
+            _SEEN.remember(seen, None)
+        pacer = Pacer(num_steps, chunk_size, length, _SEEN.lookup(seen))
+        begin_steps(bar, step, "fit")
         while step < num_steps:
             if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
                 raise _interrupted(bar, checkpoint, state, losses, step, skipped, last_saved, run_id)
@@ -872,8 +351,8 @@ def _fit(
             if checkpoint is not None and checkpoint_every:
                 stop = min(stop, last_saved + checkpoint_every)
             started = time.perf_counter()
-            out = run(state, _end(stop, layout), dynamic)
-            chunk_losses, bad_step, chunk_skipped = _read(out.report)  # one sync, one transfer
+            out = run(state, chunk_end(stop, layout), dynamic)
+            chunk_losses, bad_step, chunk_skipped = read_report(out.report)  # one sync, one transfer
             bad = int(bad_step)
             done = (bad if bad >= 0 else stop) - step
             pacer.update(done, time.perf_counter() - started)
@@ -889,27 +368,19 @@ def _fit(
                 last_saved = step
             if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
                 bar.set_postfix_str(
-                    f"loss (mean of last chunk)={_nanmean(losses[step - done : step]):.4g}", refresh=False
+                    f"loss (mean of last chunk)={nanmean(losses[step - done : step]):.4g}", refresh=False
                 )
             bar.update(done)
         if done and progress_bar:  # the last line: what the result holds
-            last = f"loss (mean of last {done} steps)={_nanmean(losses[step - done : step]):.4g}"
+            last = f"loss (mean of last {done} steps)={nanmean(losses[step - done : step]):.4g}"
             bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
     if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
         write_fit_checkpoint(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
     if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
-        _SEEN[seen] = pacer.rate
+        _SEEN.remember(seen, pacer.rate)
     if on_nonfinite == "skip" and skipped:
         _report_skipped(state, losses, skipped, num_steps)
     return FitResult(state.params, losses, state, skipped)
-
-
-def _begin_steps(bar: Any, step: int, description: str) -> None:
-    """The bar from the first step on: ``step`` steps done (a resumed fit), its
-    clock and rate counted from now, not from the start of tracing."""
-    bar.reset()
-    bar.n = bar.initial = bar.last_print_n = step
-    bar.set_description(description)
 
 
 def _interrupted(
@@ -960,63 +431,6 @@ def _caller_level() -> int:
     return level
 
 
-def _end(stop: int, layout: PlateLayout | None) -> Any:
-    """A chunk's last step, as the (replicated) argument it takes: a host scalar,
-    so that making it compiles nothing."""
-    end = np.int32(stop)
-    return end if layout is None else place(end, layout.replicated)
-
-
-# Two threads: the chunk and init compile side by side (XLA releases the GIL).
-_COMPILER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="jaxguides-compile")
-
-
-def _compile_beside(fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
-    """Trace ``fn(*args)`` (a ``functools.partial`` of a jitted function) here
-    and compile it on a compile thread.
-
-    Tracing stays on this thread (NumPyro's handler stack is global). The
-    compiled program lands in the jitted function's cache, so the real call
-    finds it there. A failure here is left to the real call to report.
-    """
-    try:
-        lowered = fn.func.lower(*args, **fn.keywords)
-    except Exception:  # noqa: BLE001 - the real call raises it properly
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        done.set_result(None)
-        return done
-
-    def compile_quietly() -> None:
-        try:
-            lowered.compile()
-        except Exception:  # noqa: BLE001
-            pass
-
-    return _COMPILER.submit(compile_quietly)
-
-
-def _compile_ahead(
-    init: Callable[..., SVIState], chunk_static: dict[str, Any], rng_key: jax.Array, end: jax.Array, dynamic: list[Any]
-) -> concurrent.futures.Future[Any]:
-    """Compile the chunk from the shapes of ``init``'s state, while ``init`` compiles and runs."""
-    try:
-        abstract = jax.eval_shape(init, rng_key, dynamic)
-    except Exception:  # noqa: BLE001 - the real call raises it properly
-        abstract = None
-    return _compile_beside(functools.partial(_run_chunk, **chunk_static), abstract, end, dynamic)
-
-
-def _wait(compiling: list[concurrent.futures.Future[Any]]) -> None:
-    """Wait for the compile threads: a wait in Python, so SIGINT's handler runs at once."""
-    while compiling:
-        compiling.pop().result()
-
-
-# (guide, chunk's static args, argument avals) fit has compiled -> the chunk's
-# last measured seconds per step (None until a chunk of >= 64 steps has run)
-_SEEN: dict[Any, float | None] = {}
-
-
 def _avals(tree: Any) -> tuple[Any, ...]:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((np.shape(x), _dtype(x)) for x in leaves)
@@ -1029,18 +443,18 @@ def _shard_inputs(
     optimizer: optax.GradientTransformation,
     rng_key: jax.Array,
     dynamic: list[Any],
-    static: _Static,
+    static: Static,
 ) -> tuple[PlateLayout, jax.Array, list[Any]]:
     """The layout of a sharded fit, and its key and data as global arrays on ``mesh``."""
     layout = PlateLayout.build(mesh, shard_plates)
     abstract = jax.eval_shape(
-        functools.partial(_init, guide=guide, optimizer=optimizer, static=static), rng_key, dynamic
+        functools.partial(run_init, guide=guide, optimizer=optimizer, static=static), rng_key, dynamic
     )
     layout.check(abstract.params.sites)
-    args, kwargs = _combine(dynamic, static)
+    args, kwargs = combine(dynamic, static)
     args, kwargs = shard_args(args, mesh, dict(layout.plates), abstract.params.sites, kwargs=kwargs)
     fixed = {i for i, _ in static.leaves}  # the same leaves as before stay static (concrete ones too)
-    dynamic = [None if i in fixed else x for i, x in enumerate(_partition(args, kwargs)[0])]
+    dynamic = [None if i in fixed else x for i, x in enumerate(partition(args, kwargs)[0])]
     return layout, place(rng_key, layout.replicated), dynamic
 
 
@@ -1078,7 +492,7 @@ def fit_many(
         batched_args=batched_args, loss=loss, progress_bar=progress_bar, chunk_size=chunk_size
     )
     run = functools.partial(_fit_many, model, guide, optimizer, rng_keys, num_steps, **options)
-    return _with_concrete_args("fit_many", run, model, args, kwargs, static_argnames)
+    return with_concrete_args("fit_many", run, model, args, kwargs, static_argnames)
 
 
 @interruptible(lambda result: _interrupted_late(result))
@@ -1099,24 +513,24 @@ def _fit_many(
 ) -> FitResult:
     """:func:`fit_many` with the array leaves at ``concrete`` kept concrete."""
     _check_args(num_steps, "skip", None, chunk_size)
-    dynamic, static = _partition(args, kwargs, concrete)
+    dynamic, static = partition(args, kwargs, concrete)
     if batched_args:  # one dataset is enough to check init values against their supports
-        _check_init(guide, rng_keys[0], *_combine([None if x is None else x[0] for x in dynamic], static))
+        _check_init(guide, rng_keys[0], *combine([None if x is None else x[0] for x in dynamic], static))
     else:
         _check_init(guide, rng_keys[0], args, kwargs)
     optimizer = canonical(as_optax(optimizer))
     loss_fn = elbo_loss(model, guide) if loss is None else loss
     for member in nonfinite_members(dynamic) if batched_args else [None]:  # NaN data: named before compiling
         data = (
-            (args, kwargs) if member is None else _combine([None if x is None else x[member] for x in dynamic], static)
+            (args, kwargs) if member is None else combine([None if x is None else x[member] for x in dynamic], static)
         )
         check_finite_data(model, *data)
     k = len(rng_keys)
     interrupts = current_interrupts()
-    init = functools.partial(_init_many, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
-    length = _chunk_length(num_steps, chunk_size) if chunk_size else _default_chunk(num_steps)
+    init = functools.partial(run_init_many, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
+    length = chunk_length(num_steps, chunk_size) if chunk_size else default_chunk(num_steps)
     run = functools.partial(
-        _run_chunk_many,
+        run_chunk_many,
         batched_args=batched_args,
         loss_fn=loss_fn,
         optimizer=optimizer,
@@ -1125,38 +539,38 @@ def _fit_many(
         skip=True,
     )
     end = jnp.asarray(num_steps, jnp.int32)
-    with _progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
+    with progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
         compiling: list[concurrent.futures.Future[Any]] = []
         try:  # compiled on the compile threads, as in fit (a cached program costs ~0.1 ms here)
-            compiling.append(_compile_beside(init, rng_keys, dynamic))
+            compiling.append(compile_beside(init, rng_keys, dynamic))
             bar.set_description(f"fit x{k}: compiling")
-            _wait(compiling)
+            wait_for(compiling)
             state = init(rng_keys, dynamic)
             bar.set_description(f"fit x{k}: tracing")
-            compiling.append(_compile_beside(run, state, end, dynamic))
+            compiling.append(compile_beside(run, state, end, dynamic))
             bar.set_description(f"fit x{k}: compiling")
-            _wait(compiling)
+            wait_for(compiling)
         finally:  # XLA is never left compiling beside an exception
-            _wait(compiling)
+            wait_for(compiling)
         losses = np.full((k, num_steps), np.nan, np.float32)
         skipped = np.zeros(k, np.int64)
         step = done = 0
-        _begin_steps(bar, 0, f"fit x{k}")
+        begin_steps(bar, 0, f"fit x{k}")
         while step < num_steps:
             if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
                 bar.set_description(f"fit x{k}: interrupted", refresh=False)
                 raise FitInterrupted(step, state.params, state, losses[:, :step].copy())
             out = run(state, end, dynamic)
             done = min(length, num_steps - step)
-            chunk_losses, _, chunk_skipped = _read(out.report)
+            chunk_losses, _, chunk_skipped = read_report(out.report)
             losses[:, step : step + done] = chunk_losses[:, :done]
             skipped += chunk_skipped
             state, step = out.state, step + done
             if progress_bar:
-                mean = _nanmean(losses[:, step - done : step])
+                mean = nanmean(losses[:, step - done : step])
                 bar.set_postfix_str(f"loss (mean over fits, last chunk)={mean:.4g}", refresh=False)
             bar.update(done)
         if done and progress_bar:  # the last line: what the result holds
-            last = _nanmean(losses[:, step - 1])
+            last = nanmean(losses[:, step - 1])
             bar.set_postfix_str(f"loss (mean over fits, last {done} steps)={mean:.4g}, last={last:.4g}", refresh=False)
     return FitResult(state.params, losses, state, skipped)

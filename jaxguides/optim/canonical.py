@@ -14,17 +14,16 @@ case is what jit does anyway: a compilation per object.
 
 from __future__ import annotations
 
-import collections
 import functools
 import types
 from typing import Any
 
+from jaxguides._caches import BoundedCache
 from jaxguides.model.identity import _filled
 
 __all__ = ["canonical"]
 
-_SEEN: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-_MAX_SEEN = 64
+_SEEN = BoundedCache("optimizers", max_size=64)  # structure -> the first optimizer seen with it
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
@@ -62,11 +61,8 @@ def canonical(optimizer: Any) -> Any:
         hash(key)
     except (TypeError, RecursionError):
         return optimizer
-    found = _SEEN.get(key)
+    found = _SEEN.lookup(key)
     if found is not None:
-        _SEEN.move_to_end(key)
         return found
-    _SEEN[key] = optimizer
-    if len(_SEEN) > _MAX_SEEN:
-        _SEEN.popitem(last=False)
+    _SEEN.remember(key, optimizer)
     return optimizer
