@@ -183,3 +183,31 @@ def test_a_site_in_two_subsampled_plates_is_refused():
 def test_bad_hyperparameters_are_refused(kwargs):
     with pytest.raises(ValueError):
         jg.sparse_adam(**kwargs)
+
+
+def test_sparse_adam_updates_rows_of_a_guide_list_part():
+    # the rows interface (params.leaf_sites) looks into an AutoGuideList's parts
+    from numpyro import handlers
+
+    k, b = 200, 20
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        with numpyro.plate("g", k, subsample_size=b) as idx:
+            z = numpyro.sample("z", dist.Normal(mu, 1.0))
+            numpyro.sample("y", dist.Normal(z, 0.5), obs=y[idx])
+
+    y = 2.0 + 1.2 * jax.random.normal(jax.random.PRNGKey(0), (k,))
+    guide = jg.AutoGuideList(
+        [jg.AutoDelta(handlers.block(model, expose=["mu"])), jg.AutoNormal(handlers.block(model, hide=["mu"]))]
+    )
+    params = guide.init(jax.random.PRNGKey(0), y)
+    spec = row_spec(params, {"g": jnp.arange(b)})
+    assert [r is not None for r in spec] == [name == "z" for name in params.leaf_sites()] == [False, True, True]
+    sparse = jg.fit(model, guide, jg.sparse_adam(0.05), jax.random.PRNGKey(1), 6000, y, progress_bar=False)
+    dense = jg.fit(model, guide, optax.adam(0.05), jax.random.PRNGKey(1), 6000, y, progress_bar=False)
+    ms, md = guide.median(sparse.params), guide.median(dense.params)
+    exact = (y / 0.25 + md["mu"]) / 5.0  # z_k | mu, y: precision 1 + 4, mean (mu + 4 y_k) / 5
+    sparse_err, dense_err = float(jnp.abs(ms["z"] - exact).mean()), float(jnp.abs(md["z"] - exact).mean())
+    assert sparse_err < 0.25 and sparse_err < 1.3 * dense_err + 0.02, (sparse_err, dense_err)
+    np.testing.assert_allclose(ms["mu"], md["mu"], atol=0.05)

@@ -23,9 +23,7 @@ from numpyro.primitives import Messenger
 
 from jaxguides._errors import SiteError
 from jaxguides.elbo.total import total
-from jaxguides.guides.base import Draw
-from jaxguides.guides.delta import AutoDelta
-from jaxguides.guides.normal import AutoNormal
+from jaxguides.guides.base import Draw, Guide
 from jaxguides.model.params import model_substitutions
 from jaxguides.model.sites import ModelSites, check_continuous, check_scan_body
 from jaxguides.model.support_checks import skip_real_support_checks
@@ -191,7 +189,7 @@ class ELBOLoss:
     """
 
     model: Any
-    guide: AutoNormal | AutoDelta
+    guide: Guide
     num_particles: int = 1
     mean_field: bool = False
     stick_the_landing: bool = False
@@ -200,6 +198,15 @@ class ELBOLoss:
 
     def __call__(self, params: Any, rng_key: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
         return self.evaluate(params, rng_key, args, kwargs)
+
+    def stratified(self, blocks: dict[str, int]) -> ELBOLoss:
+        """This loss drawing each plate of ``blocks`` in (a multiple of) that many blocks:
+        what a fit sharded over ``blocks[plate]`` devices draws (``parallel/sharding.py``)."""
+        own = dict(self.subsample_blocks)
+        for plate, n in blocks.items():
+            if own.get(plate, 1) % n:
+                own[plate] = n
+        return dataclasses.replace(self, subsample_blocks=tuple(sorted(own.items())))
 
     def evaluate(
         self,
@@ -290,7 +297,7 @@ class ELBOLoss:
 
 def elbo_loss(
     model: Any,
-    guide: AutoNormal | AutoDelta,
+    guide: Guide,
     *,
     num_particles: int = 1,
     mean_field: bool = False,
@@ -302,7 +309,8 @@ def elbo_loss(
 
     Args:
         model: the NumPyro model.
-        guide: an :class:`AutoNormal` or :class:`AutoDelta` of that model.
+        guide: an :class:`AutoNormal`, :class:`AutoDelta` or :class:`AutoGuideList` of that
+            model (any :class:`~jaxguides.guides.base.Guide`).
         num_particles: Monte Carlo draws averaged per evaluation.
         mean_field: use NumPyro's registered analytic KL(q || p) for a site
             where there is one (e.g. a real site with a Normal prior), and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from jaxguides.model.params import model_substitutions
 from jaxguides.model.sites import LatentSite, ModelSites, call_signature, check_init_values, check_scan_body
 from jaxguides.subsample.indices import Indices, user_plate_indices
 
-__all__ = ["Draw", "GuideBase"]
+__all__ = ["Draw", "Guide", "GuideBase"]
 
 
 class Draw(NamedTuple):
@@ -45,6 +45,31 @@ class Draw(NamedTuple):
     value: jax.Array
     log_prob: jax.Array
     dist: Distribution
+
+
+class Guide(Protocol):
+    """What the ELBO, the SVI step and the loop ask of a guide (``AutoNormal``,
+    ``AutoDelta``, ``AutoGuideList`` and any guide of the same shape).
+
+    A guide is an immutable value; its methods are pure functions of ``params``.
+    """
+
+    model: Callable[..., Any]
+    create_plates: Callable[..., Any] | None
+
+    def init(self, rng_key: jax.Array, *args: Any, **kwargs: Any) -> Any:
+        """The params pytree: traces the model once."""
+        ...
+
+    def check_params(self, params: Any) -> ModelSites:
+        """The params' static site description, or an error if they are of another guide or model."""
+        ...
+
+    def draw(
+        self, params: Any, rng_key: jax.Array, indices: Indices | None = None, stick_the_landing: bool = False
+    ) -> dict[str, Draw]:
+        """One draw of every latent site for the rows ``indices``, with its log density."""
+        ...
 
 
 class GuideBase:

@@ -31,7 +31,7 @@ import optax
 
 from jaxguides._caches import BoundedCache
 from jaxguides._errors import FitInterrupted, NonFiniteLossError
-from jaxguides.elbo.loss import elbo_loss
+from jaxguides.elbo.loss import ELBOLoss, elbo_loss
 from jaxguides.loop.args import (
     Static,
     combine,
@@ -297,7 +297,8 @@ def _fit(
     layout = None
     if mesh is not None or shard_plates:  # data parallel: see jaxguides/parallel/sharding.py
         layout, rng_key, dynamic = _shard_inputs(mesh, shard_plates, guide, optimizer, rng_key, dynamic, static)  # type: ignore[arg-type]
-        loss_fn = layout.stratify(loss_fn)
+        if isinstance(loss_fn, ELBOLoss):  # a subsampled plate split over n devices: drawn in n blocks
+            loss_fn = loss_fn.stratified(layout.blocks())
     length = chunk_length(num_steps, chunk_size)
     chunk_static = dict(
         loss_fn=loss_fn, optimizer=optimizer, static=static, length=length, skip=on_nonfinite == "skip", layout=layout

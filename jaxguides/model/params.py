@@ -73,6 +73,22 @@ class ModelParamValues:
         """The model's ``numpyro.param`` values, in their constraints (as ``svi.get_params`` has them)."""
         return constrain_params(self.sites.params, self.model_params, self.support)
 
+    def leaf_sites(self) -> list[str | None]:
+        """For each leaf of these params (in ``jax.tree.leaves`` order), the latent
+        site it holds values of (a ``loc`` / ``raw_scale`` entry, in a part of a
+        guide list too), else ``None``: what a row-wise optimizer needs to know."""
+        out: list[str | None] = []
+        for path, _ in jax.tree_util.tree_flatten_with_path(self)[0]:
+            site = None
+            for field, key in zip(path, path[1:]):
+                if getattr(field, "name", None) in _SITE_FIELDS and isinstance(key, jax.tree_util.DictKey):
+                    site = key.key
+            out.append(site)
+        return out
+
+
+_SITE_FIELDS = ("loc", "raw_scale")  # the guide params' fields keyed by latent site
+
 
 def describe_params(
     trace: dict[str, dict[str, Any]], split_support: Any

@@ -102,17 +102,16 @@ class SparseTransformation(optax.GradientTransformationExtraArgs):
 
 # ---- rows of params ------------------------------------------------------------------------
 def row_spec(params: Any, indices: Indices) -> RowSpec:
-    """For each leaf of guide ``params``: :class:`Rows` if it is a latent site's
-    leaf (``loc``, ``raw_scale``) in a subsampled plate of ``indices``, else ``None``.
+    """For each leaf of guide ``params``: :class:`Rows` if it holds a latent site's
+    values (``params.leaf_sites()``) in a subsampled plate of ``indices``, else ``None``.
 
     Raises:
         NotImplementedError: a site sits in two subsampled plates.
     """
     sites = {s.name: s for s in params.sites.latents}
     spec: RowSpec = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        field = getattr(path[0], "name", None)
-        site = sites.get(getattr(path[1], "key", None)) if len(path) > 1 and field != "support" else None
+    for name, leaf in zip(params.leaf_sites(), jax.tree.leaves(params)):
+        site = sites.get(name) if name is not None else None
         frames = [f for f in site.plates if f.name in indices] if site is not None else []
         if site is not None and len(frames) > 1:
             raise NotImplementedError(

@@ -76,7 +76,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxguides.elbo.loss import ELBOLoss
 from jaxguides.model.sites import LatentSite, ModelSites
 from jaxguides.optim.trained import trained_part
 
@@ -130,22 +129,10 @@ class PlateLayout:
             return 1
         return math.prod(self.mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
 
-    def stratify(self, loss_fn: Any) -> Any:
-        """``loss_fn`` drawing each split subsampled plate's rows per device block.
-
-        An ``ELBOLoss`` gets ``subsample_blocks`` = the plate's device count
-        (unless it already has a multiple of it): device ``b`` draws
-        ``subsample_size/n`` of its own ``size/n`` rows. Other losses draw as
-        they do (correct, but rows come from every device).
-        """
-        if not isinstance(loss_fn, ELBOLoss):
-            return loss_fn
-        blocks = dict(loss_fn.subsample_blocks)
-        for plate, _ in self.plates:
-            n = self.num_blocks(plate)
-            if blocks.get(plate, 1) % n:
-                blocks[plate] = n
-        return dataclasses.replace(loss_fn, subsample_blocks=tuple(sorted(blocks.items())))
+    def blocks(self) -> dict[str, int]:
+        """``{plate: devices along its mesh axis}`` for every split plate: the blocks a
+        subsampled plate is drawn in (device ``b`` draws its share from its own rows)."""
+        return {plate: self.num_blocks(plate) for plate, _ in self.plates}
 
     def check(self, sites: ModelSites) -> None:
         """Every split plate exists and divides evenly over its devices."""

@@ -28,8 +28,8 @@ from jaxguides.model.concrete import (
 from jaxguides.optim.optimizers import as_optax
 from jaxguides.optim.sparse import SparseTransformation, apply_rows, row_spec, take_rows
 from jaxguides.optim.trained import trained_part, with_constants
-from jaxguides.subsample.epoch import SubsampleState, advance, init_subsample, next_batch
-from jaxguides.subsample.indices import Indices, draw_indices, user_plate_indices
+from jaxguides.subsample.epoch import advance, init_subsample
+from jaxguides.subsample.sampler import epoch_plates, step_rows
 from jaxguides.svi.state import (
     SVI,
     SVIInfo,
@@ -38,10 +38,8 @@ from jaxguides.svi.state import (
 
 __all__ = [
     "INIT_STREAM",
-    "epoch_plates",
     "explained_trace_error",
     "init_state",
-    "step_indices",
     "svi",
     "update_step",
     "usable",
@@ -86,33 +84,6 @@ def usable(grads: Any) -> jax.Array:
     return jnp.isfinite(total(x * x * 0 for x in jax.tree.leaves(grads)))
 
 
-def epoch_plates(loss_fn: Any, sites: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """The subsampled plates a fit draws from epoch permutations: those of an
-    ``ELBOLoss`` that ``create_plates`` does not fix (a plate drawn in
-    per-device blocks, as a sharded one is, gets one permutation per block)."""
-    if not isinstance(loss_fn, ELBOLoss):
-        return ()
-    fixed = user_plate_indices(loss_fn.guide.create_plates, jax.random.PRNGKey(0), args, kwargs)
-    return tuple(p for p in sites.subsampled_plates if p.name not in fixed)
-
-
-def step_indices(
-    loss_fn: ELBOLoss, state: SVIState, step_key: jax.Array, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[SubsampleState | None, Indices, jax.Array]:
-    """This step's rows of every subsampled plate: the epoch cursors' next batch
-    (with the cursors it came from), the user's ``create_plates`` rows, fresh
-    (stratified) draws for the rest; and the key left for the loss. Only fresh
-    draws take a key of their own (split off ``step_key``)."""
-    plates, blocks = state.params.sites.plates, dict(loss_fn.subsample_blocks)
-    cursors, own = next_batch(state.subsample, plates, blocks) if state.subsample is not None else (None, {})
-    rest = tuple(p for p in plates if p.name not in own)
-    create_plates = loss_fn.guide.create_plates
-    if create_plates is None and not any(p.subsampled for p in rest):
-        return cursors, own, step_key
-    plate_key, step_key = jax.random.split(step_key)
-    return cursors, {**draw_indices(rest, plate_key, create_plates, args, kwargs, blocks), **own}, step_key
-
-
 def update_step(
     loss_fn: Callable[..., jax.Array],
     optimizer: optax.GradientTransformation,
@@ -141,7 +112,9 @@ def update_step(
         if not isinstance(loss_fn, ELBOLoss):
             raise TypeError("an SVIState with epoch cursors needs the ELBOLoss it was initialised for")
         blocks = dict(loss_fn.subsample_blocks)
-        subsample, indices, step_key = step_indices(loss_fn, state, step_key, args, kwargs)
+        subsample, indices, step_key = step_rows(
+            state.params.sites.plates, state.subsample, step_key, loss_fn.guide.create_plates, blocks, args, kwargs
+        )
         spec = row_spec(trained, indices) if sparse else None
         if spec is not None and any(r is not None for r in spec):  # differentiate the batch's rows only
             local = {n: jnp.arange(i.shape[0], dtype=i.dtype) for n, i in indices.items()}
@@ -257,6 +230,7 @@ def init_state(
     # draws nothing (init_to_feasible) then compiles without random-number code.
     init_key = jax.random.fold_in(rng_key, INIT_STREAM)
     params = guide.init(init_key, *args, **kwargs)
-    plates = epoch_plates(loss_fn, params.sites, args, kwargs) if loss_fn is not None else ()
+    own_rows = isinstance(loss_fn, ELBOLoss)  # a custom loss draws its rows itself
+    plates = epoch_plates(params.sites, loss_fn.guide.create_plates, args, kwargs) if own_rows else ()
     subsample = init_subsample(plates, rng_key)
     return SVIState(params, optimizer.init(trained_part(params)[0]), rng_key, jnp.zeros((), jnp.int32), subsample)
