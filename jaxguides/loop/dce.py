@@ -6,7 +6,7 @@ body (JAX has no dead-code rule for ``while``). An SVI step traced there keeps
 every value it computes and drops: the threefry key splits that NumPyro's
 ``seed`` handler makes for sites and plates whose keys a MAP step never uses,
 for instance. XLA deletes them later, but lowering them to MLIR first costs
-time on every cold start (about 40% of a small model's lowering, measured).
+time on every cold start (measured in ``bench/RESULTS.md``).
 :func:`without_dead_code` traces the function to a jaxpr, keeps the equations
 its outputs need and evaluates those in the caller's trace: same values, same
 effects, a smaller loop body.

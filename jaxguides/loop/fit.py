@@ -542,7 +542,7 @@ def _fit_many(
     end = jnp.asarray(num_steps, jnp.int32)
     with progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
         compiling: list[concurrent.futures.Future[Any]] = []
-        try:  # compiled on the compile threads, as in fit (a cached program costs ~0.1 ms here)
+        try:  # compiled on the compile threads, as in fit
             compiling.append(compile_beside(init, rng_keys, dynamic))
             bar.set_description(f"fit x{k}: compiling")
             wait_for(compiling)

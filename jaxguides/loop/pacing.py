@@ -29,7 +29,7 @@ class Pacer:
     By default chunks start at 64 steps and then aim at ``CHUNK_SECONDS`` of
     compute each (at most ``MAX_CHUNK``), so a step of a few microseconds is
     not dominated by the chunks' fixed cost (dispatch, the loop's entry, the
-    host sync: ~0.15 ms each on a 2-core CPU) and the bar still moves a few times
+    host sync) and the bar still moves a few times
     a second. The first chunk's time includes that fixed cost, so the estimate
     errs towards shorter chunks. A fit of a chunk that an earlier fit has run
     (same model, guide, optimizer, shapes: ``rate``, its seconds per step)

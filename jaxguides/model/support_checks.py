@@ -6,8 +6,8 @@ is all of R (``real``, ``real_vector``, ...), "in support" only means
 "finite", and a non-finite value already gives a non-finite density (NaN or
 -inf), so the loss is non-finite either way and the step is refused by
 ``_update``'s non-finite guard. What the check does cost is an elementwise
-pass and a select in the forward and backward pass of every step: about 15%
-of the step of a hierarchical MAP with 1,000 local latents, measured.
+pass and a select in the forward and backward pass of every step (measured in
+``bench/RESULTS.md``).
 
 :func:`skip_real_support_checks` runs a model with those checks left out and
 every other check kept: a constrained support (``positive``, ``simplex``,

@@ -79,7 +79,7 @@ def usable(grads: Any) -> jax.Array:
     is NaN or infinite or its square overflows, so its sum is finite exactly when
     the step is usable. A sum, not a ``max |g|``: XLA:CPU vectorises it (a NaN-
     propagating max it does not), and :func:`total` gives leaves of one shape and
-    dtype one reduction (hierarchical K=1,000 AutoDelta: 4.6 -> 3.9 µs a step).
+    dtype one reduction (the timings: ``bench/RESULTS.md``).
     """
     return jnp.isfinite(total(x * x * 0 for x in jax.tree.leaves(grads)))
 
