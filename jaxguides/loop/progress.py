@@ -1,4 +1,4 @@
-"""The progress bar: tqdm, or a no-op bar (a disabled tqdm still costs ~25 µs a call)."""
+"""The progress bar: tqdm, or a no-op bar (a disabled tqdm still costs a call's overhead)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def nanmean(x: np.ndarray, axis: int | None = None) -> Any:
 
 
 class NoBar:
-    """What ``fit`` calls on its bar, doing nothing (a disabled tqdm still costs ~25 µs a call)."""
+    """What ``fit`` calls on its bar, doing nothing (a disabled tqdm still costs a call's overhead)."""
 
     def __enter__(self) -> NoBar:
         return self
