@@ -45,7 +45,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxguides._canonical import canonical
-from jaxguides._checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
+from jaxguides._checkpoint import Checkpointer, opened, read_fit_checkpoint, resume_state, write_fit_checkpoint
 from jaxguides._concrete import (
     Concrete,
     arg_entries,
@@ -667,6 +667,7 @@ def fit(
     progress_bar: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_keep: int = 2,
     on_nonfinite: str = "raise",
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -774,18 +775,21 @@ def fit(
         >>> result.losses.shape
         (500,)
     """
-    options: dict[str, Any] = dict(
-        loss=loss,
-        progress_bar=progress_bar,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        on_nonfinite=on_nonfinite,
-        chunk_size=chunk_size,
-        mesh=mesh,
-        shard_plates=shard_plates,
-    )
-    run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
-    return _with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+    if not isinstance(checkpoint_keep, int) or isinstance(checkpoint_keep, bool) or checkpoint_keep < 1:
+        raise ValueError(f"checkpoint_keep must be an int >= 1, got {checkpoint_keep!r}")
+    with opened(checkpoint, checkpoint_keep) as checkpointer:  # returns or raises once the last save is committed
+        options: dict[str, Any] = dict(
+            loss=loss,
+            progress_bar=progress_bar,
+            checkpoint=checkpointer,
+            checkpoint_every=checkpoint_every,
+            on_nonfinite=on_nonfinite,
+            chunk_size=chunk_size,
+            mesh=mesh,
+            shard_plates=shard_plates,
+        )
+        run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
+        return _with_concrete_args("fit", run, model, args, kwargs, static_argnames)
 
 
 @interruptible(lambda result: _interrupted_late(result))
@@ -801,7 +805,7 @@ def _fit(
     *,
     loss: Callable[..., jax.Array] | None,
     progress_bar: bool,
-    checkpoint: str | os.PathLike[str] | None,
+    checkpoint: Checkpointer | None,
     checkpoint_every: int | None,
     on_nonfinite: str,
     chunk_size: int | None,
@@ -825,7 +829,7 @@ def _fit(
     )
     end = _end(num_steps, layout)
     init = functools.partial(_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
-    resuming = checkpoint is not None and os.path.exists(checkpoint)
+    resuming = checkpoint is not None and checkpoint.exists()
     run_id = run_record(model, guide, optimizer, loss, rng_key, args, kwargs) if checkpoint is not None else None
     payload = read_fit_checkpoint(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
@@ -895,7 +899,7 @@ def _fit(
         if done and progress_bar:  # the last line: what the result holds
             last = f"loss (mean of last {done} steps)={_nanmean(losses[step - done : step]):.4g}"
             bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
-    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
+    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
         write_fit_checkpoint(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
     if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
         _SEEN[seen] = pacer.rate
@@ -914,7 +918,7 @@ def _begin_steps(bar: Any, step: int, description: str) -> None:
 
 def _interrupted(
     bar: Any,
-    checkpoint: str | os.PathLike[str] | None,
+    checkpoint: Checkpointer | None,
     state: SVIState,
     losses: np.ndarray,
     step: int,
@@ -924,7 +928,7 @@ def _interrupted(
 ) -> FitInterrupted:
     """The error for Ctrl-C at ``step``, after writing the checkpoint (when one is set)."""
     bar.set_description("fit: interrupted", refresh=False)
-    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
+    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
         write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
     path = None if checkpoint is None else os.fspath(checkpoint)
     return FitInterrupted(step, state.params, state, losses[:step].copy(), path)
