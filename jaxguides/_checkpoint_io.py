@@ -8,7 +8,8 @@ step whole); the newest step is the one read. Each step holds two items:
   key data), written by Orbax's array handlers, each process its own shards;
 - ``meta``: JSON describing the payload: its format, the ``str`` of its
   treedef, and per leaf its path, shape, dtype, key impl and checksum, or its
-  value (a JSON-able Python leaf: ``int``, ``float``, ``str``, ``bool``).
+  value (a JSON-able Python leaf: ``int``, ``float``, ``str``, ``bool``),
+  and a SHA-256 of all that.
 
 Loading checks the JSON against what the caller expects before reading an
 array, restores arrays into the caller's shapes and shardings (another mesh
@@ -24,6 +25,7 @@ Orbax is imported here only, and this module only when a checkpoint is used.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from typing import Any
@@ -80,6 +82,7 @@ def save(mgr: ocp.CheckpointManager, step: int, payload: Any, extra: dict[str, A
     for entry, digest in zip((e for e in described if "shape" in e), digests):
         entry["checksum"] = digest
     meta = {"format": FORMAT, "treedef": str(treedef), "leaves": described, **(extra or {})}
+    meta["digest"] = _meta_digest(meta)
     mgr.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
 
 
@@ -104,7 +107,15 @@ def read_meta(path: str, step: int) -> dict[str, Any]:
         raise CheckpointError(where, f"its metadata cannot be read as JSON ({type(err).__name__}: {err})") from None
     if not _well_formed(meta):
         raise CheckpointError(where, f"its metadata is not that of a {FORMAT} checkpoint (wrong structure)")
+    if meta.get("digest") != _meta_digest(meta):
+        raise CheckpointError(where, "the checksum of its metadata (meta/metadata) does not match (corrupted)")
     return meta
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the metadata without its ``digest`` entry, as canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _well_formed(meta: Any) -> bool:
@@ -143,7 +154,7 @@ def restore(path: str, step: int, meta: dict[str, Any], abstract: list[Any]) -> 
     checked against ``meta`` (shape, dtype, checksum); typed keys come back as keys."""
     where = os.path.join(path, str(step))
     entries = [(i, e) for i, e in enumerate(meta["leaves"]) if "shape" in e]
-    for (i, e), want in zip(entries, abstract):
+    for (_, e), want in zip(entries, abstract):
         if tuple(e["shape"]) != tuple(want.shape) or e["dtype"] != np.dtype(want.dtype).name:
             raise CheckpointError(
                 where,
@@ -158,7 +169,7 @@ def restore(path: str, step: int, meta: dict[str, Any], abstract: list[Any]) -> 
         raise
     except Exception as err:  # tensorstore / orbax: a missing, truncated or garbled file
         raise CheckpointError(where, f"its arrays cannot be read ({type(err).__name__}: {_short(err)})") from None
-    for (_, e), x, digest in zip(entries, arrays, checksums(arrays)):
+    for (_, e), digest in zip(entries, checksums(arrays)):
         if digest != e["checksum"]:
             raise CheckpointError(where, f"the checksum of its array {e['path']} does not match (corrupted)")
     return [_from_stored(x, e["key_impl"], where) for (_, e), x in zip(entries, arrays)]
