@@ -65,20 +65,23 @@ def save(mgr: ocp.CheckpointManager, step: int, payload: Any, extra: dict[str, A
     """Start writing ``payload`` as ``step`` (asynchronous when ``mgr`` is): it returns once
     the arrays are copied off their buffers, so they may be donated right after."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(payload)
-    arrays: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}  # what Orbax writes: it refuses an empty array, kept in the JSON alone
+    hashed: list[Any] = []
     described = []
     for i, (keypath, leaf) in enumerate(leaves):
         entry: dict[str, Any] = {"path": _path(keypath)}
         if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
             stored, impl = _storable(leaf)
-            arrays[f"leaf{i}"] = stored if isinstance(stored, jax.Array) else np.array(stored)
+            hashed.append(stored if isinstance(stored, jax.Array) else np.array(stored))
+            if np.size(stored):
+                arrays[f"leaf{i}"] = hashed[-1]
             entry |= {"shape": list(np.shape(stored)), "dtype": np.dtype(stored.dtype).name, "key_impl": impl}
         elif isinstance(leaf, _JSON):
             entry["value"] = leaf
         else:
             raise TypeError(f"a checkpoint holds arrays and int/float/str/bool leaves, not {type(leaf).__name__}")
         described.append(entry)
-    digests = checksums(list(arrays.values()))
+    digests = checksums(hashed)
     for entry, digest in zip((e for e in described if "shape" in e), digests):
         entry["checksum"] = digest
     meta = {"format": FORMAT, "treedef": str(treedef), "leaves": described, **(extra or {})}
@@ -160,11 +163,13 @@ def restore(path: str, step: int, meta: dict[str, Any], abstract: list[Any]) -> 
                 where,
                 f"its array {e['path']} is {e['dtype']}{e['shape']}, this run's is {want.dtype}{list(want.shape)}",
             )
-    target = {f"leaf{i}": want for (i, _), want in zip(entries, abstract)}
+    target = {f"leaf{i}": want for (i, _), want in zip(entries, abstract) if np.prod(want.shape, dtype=int)}
     try:  # the handler itself, not a manager: nothing named in the checkpoint picks the code that reads it
         with ocp.StandardCheckpointer() as reader:
             restored = reader.restore(os.path.join(os.path.abspath(where), "arrays"), target)
-        arrays = [restored[f"leaf{i}"] for i, _ in entries]
+        arrays = [
+            restored[f"leaf{i}"] if f"leaf{i}" in target else _empty(want) for (i, _), want in zip(entries, abstract)
+        ]
     except CheckpointError:
         raise
     except Exception as err:  # tensorstore / orbax: a missing, truncated or garbled file
@@ -173,6 +178,12 @@ def restore(path: str, step: int, meta: dict[str, Any], abstract: list[Any]) -> 
         if digest != e["checksum"]:
             raise CheckpointError(where, f"the checksum of its array {e['path']} does not match (corrupted)")
     return [_from_stored(x, e["key_impl"], where) for (_, e), x in zip(entries, arrays)]
+
+
+def _empty(want: jax.ShapeDtypeStruct) -> Any:
+    if want.sharding is None:
+        return np.zeros(want.shape, want.dtype)
+    return jax.device_put(np.zeros(want.shape, want.dtype), want.sharding)
 
 
 def _from_stored(x: Any, impl: str | None, where: str) -> Any:

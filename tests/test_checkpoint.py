@@ -229,6 +229,14 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch, uninterrupted):
     _equal(resumed.state, uninterrupted.state)
 
 
+def test_zero_steps_writes_the_initial_state(tmp_path, uninterrupted):
+    """Step 0: empty losses (Orbax refuses an empty array: it is kept in the JSON alone)."""
+    _run(0, checkpoint=tmp_path / "run")
+    assert _steps(tmp_path / "run") == [0] and jg.load_checkpoint(tmp_path / "run")["losses"].shape == (0,)
+    resumed = _run(T, checkpoint=tmp_path / "run")
+    np.testing.assert_array_equal(resumed.losses, uninterrupted.losses)
+
+
 def test_resume_with_typed_key(tmp_path):
     key = jax.random.key(7)
     full = _run(40, key=key)
