@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rows[-1]), flush=True)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     table = [
-        f"K = {args.K:,} (state {rows[0]['state_MB']} MB), median of {args.repeats} saves, each writer in a fresh process",
+        f"K = {args.K:,} (state {rows[0]['state_MB']} MB), median of {args.repeats} saves, "
+        "each writer in a fresh process",
         "",
         "| writer | stall per save (s) | until committed (s) | load (s) | peak host memory of the saves (MB) "
         "| ... with the loads (MB) |",

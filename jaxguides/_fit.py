@@ -719,14 +719,18 @@ def fit(
             naming them (``jax.Array`` arguments stay traced: name them here).
         loss: ``loss(params, rng_key, *args, **kwargs)``; default ``elbo_loss``.
         progress_bar: show a tqdm bar.
-        checkpoint: path of one checkpoint file. If it exists the fit resumes
-            from it; it is (re)written atomically every ``checkpoint_every``
-            steps, at the end, on a non-finite stop and on Ctrl-C. It records
+        checkpoint: path of a checkpoint directory (written through Orbax,
+            never unpickled). If it holds a checkpoint the fit resumes from its
+            newest step; a step is saved every ``checkpoint_every`` steps, at
+            the end, on a non-finite stop and on Ctrl-C, asynchronously (the
+            next chunk runs while it is written; ``fit`` returns or raises once
+            the last one is committed), each step committed atomically. It records
             its run (model and its config, guide, optimizer, loss, key, the
             arguments' shapes and dtypes and a fingerprint of their data), and
             a checkpoint of another run is refused with
             :class:`CheckpointError` naming what differs.
         checkpoint_every: steps between checkpoints (default: only at the end).
+        checkpoint_keep: how many of the newest saved steps the directory keeps.
         on_nonfinite: ``"raise"`` stops at the first non-finite loss or
             gradient with :class:`NonFiniteLossError` holding the last finite
             params and state; ``"skip"`` leaves params unchanged on such steps,
@@ -748,10 +752,10 @@ def fit(
             that device's own rows. Across processes (``jax.distributed``)
             every process calls ``fit`` alike, with a mesh over
             ``jax.devices()``; ``result.params`` are then global arrays
-            (``multihost_utils.process_allgather`` brings them whole). A
-            checkpoint is gathered into one file written by process 0 (on a
-            filesystem all processes see) and is re-sharded on resume, bit
-            for bit on the same layout.
+            (``multihost_utils.process_allgather`` brings them whole). Each
+            process writes only its own shards of a checkpoint (on a filesystem
+            all processes see) and reads back those of its devices in this
+            fit's layout: bit for bit on the same layout; another mesh is fine.
 
     Returns:
         :class:`FitResult` with ``params``, ``losses`` (``np.ndarray[num_steps]``),
@@ -761,7 +765,8 @@ def fit(
         FitInterrupted: on Ctrl-C (``except jg.FitInterrupted as e: e.params``).
         NonFiniteLossError: a non-finite step (``on_nonfinite="raise"``), or
             every step skipped (``"skip"``).
-        CheckpointError: ``checkpoint`` is damaged or of another run.
+        CheckpointError: ``checkpoint`` is damaged, crafted, in the old
+            single-file format, or of another run.
         ValueError: non-finite data the model would use unmasked.
 
     Examples:
