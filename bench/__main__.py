@@ -1,7 +1,9 @@
 """``python -m bench``: the side-by-side benchmark (see ``bench/run.py``);
 ``python -m bench sparse``: dense against row-sparse Adam (see ``bench/sparse.py``);
 ``python -m bench roofline``: the hierarchical step against the memory-bandwidth
-roofline (see ``bench/roofline.py``)."""
+roofline (see ``bench/roofline.py``);
+``python -m bench checkpoint``: Orbax checkpoint saves against the old pickle file
+(see ``bench/checkpoint.py``)."""
 
 import os
 import sys
@@ -15,6 +17,10 @@ if len(sys.argv) > 1 and sys.argv[1] == "sparse":
     main(sys.argv[2:])
 elif len(sys.argv) > 1 and sys.argv[1] == "roofline":
     from bench.roofline import main
+
+    main(sys.argv[2:])
+elif len(sys.argv) > 1 and sys.argv[1] == "checkpoint":
+    from bench.checkpoint import main
 
     main(sys.argv[2:])
 else:

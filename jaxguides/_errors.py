@@ -74,11 +74,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, truncated, corrupted or of another fit."""
+    """A checkpoint is unreadable, truncated, corrupted, in an old format or of another fit."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(
-            f"checkpoint {path!r} cannot be used: {reason}. The file was left as "
+            f"checkpoint {path!r} cannot be used: {reason}. It was left as "
             "it is; delete or move it to start the fit afresh."
         )
         self.path = path

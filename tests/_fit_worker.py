@@ -10,8 +10,9 @@ the params leaves (``param:<path>``), the per-step losses, a draw of
 
 Fault injection (the command line stays the same, so re-running it is what a
 user would do): with ``JAXGUIDES_TEST_BLOCK_AT_SAVE=k`` in the environment the
-k-th checkpoint write stops half-way through writing its temporary file,
-prints ``MIDWRITE`` and waits to be killed. Every run prints
+k-th checkpoint save stops half-way in Orbax's background thread (its arrays
+written into its temporary directory, its metadata not), prints ``MIDWRITE``
+and waits to be killed. Every run prints
 ``CHECKPOINT_WRITES n``, the number of checkpoints it wrote.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 
 STEPS, EVERY, N, SUB = 300, 50, 20, 8
@@ -39,49 +39,37 @@ def model(y):
 
 
 def _block_at_save(k: int) -> None:
-    """Make the k-th file opened by ``os.fdopen`` (a checkpoint's temporary
-    file) stop half-way through its write, then wait to be killed."""
-    real_fdopen, calls = os.fdopen, []
+    """Make the k-th checkpoint save stop in Orbax's background thread, its arrays written
+    but not its metadata, before its commit; print ``MIDWRITE`` and wait to be killed
+    (the fit's own thread trains on until the next save waits for this one)."""
+    import threading
 
-    class HalfWriter:
-        def __init__(self, f):
-            self.f = f
+    from orbax.checkpoint import handlers
 
-        def __enter__(self):
-            return self
+    real, calls = handlers.JsonCheckpointHandler._save_fn, []
 
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            print("MIDWRITE", flush=True)
-            time.sleep(600)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
+    async def save(self, x, directory):
         calls.append(1)
-        return HalfWriter(f) if len(calls) == k else f
+        if len(calls) == k:
+            print("MIDWRITE", flush=True)
+            threading.Event().wait()
+        await real(self, x, directory)
 
-    os.fdopen = fdopen
+    handlers.JsonCheckpointHandler._save_fn = save
 
 
-def _count_checkpoint_writes(path: str | None) -> list[str]:
-    """Record each atomic rename onto ``path`` (one per checkpoint written): a run
-    resumed from step 100 writes 4 checkpoints, one from scratch 6."""
-    real_replace, writes = os.replace, []
+def _count_checkpoint_writes() -> list[int]:
+    """Record each checkpoint save (its step): a run resumed from step 100 writes 4
+    checkpoints, one from scratch 6."""
+    from jaxguides.loop import checkpoint as _checkpoint
 
-    def replace(src, dst, *args, **kwargs):
-        real_replace(src, dst, *args, **kwargs)
-        if path is not None and os.path.abspath(dst) == os.path.abspath(path):
-            writes.append(dst)
+    real, writes = _checkpoint.Checkpointer.save, []
 
-    os.replace = replace
+    def save(self, step, *args):
+        writes.append(step)
+        real(self, step, *args)
+
+    _checkpoint.Checkpointer.save = save
     return writes
 
 
@@ -106,7 +94,7 @@ def main(argv: list[str]) -> None:
 
     if os.environ.get("JAXGUIDES_TEST_BLOCK_AT_SAVE"):
         _block_at_save(int(os.environ["JAXGUIDES_TEST_BLOCK_AT_SAVE"]))
-    writes = _count_checkpoint_writes(opts.checkpoint)
+    writes = _count_checkpoint_writes()
 
     y = jnp.asarray(np.linspace(-1.0, 3.0, N) + np.sin(np.arange(N)))
     guide = jg.AutoNormal(model)

@@ -218,9 +218,40 @@ def test_checkpoint_resume_of_a_sharded_fit_is_bit_exact(tmp_path):
     _assert_trees_equal(resumed.state, straight.state)
     np.testing.assert_array_equal(resumed.losses, straight.losses)
     assert resumed.params.loc["z"].sharding.spec == PartitionSpec("batch")  # re-sharded on load
-    # the file holds the whole (gathered) state: a one-device fit resumes from it too
-    saved = jg.load_checkpoint(tmp_path / "straight.ckpt")["state"]
-    assert saved.params.loc["z"].shape == (N,) and isinstance(saved.params.loc["z"], np.ndarray)
+    # written shard by shard, read whole onto one device without a template
+    saved = jg.load_checkpoint(tmp_path / "straight.ckpt")
+    assert saved["state/params/loc/z"].shape == (N,) and isinstance(saved["state/params/loc/z"], np.ndarray)
+    np.testing.assert_array_equal(saved["state/params/loc/z"], np.asarray(straight.params.loc["z"]))
+
+
+def test_checkpoint_of_8_devices_resumes_on_2_and_on_1(tmp_path, monkeypatch):
+    """Saved shard by shard from 8 devices (no gather), restored onto a 2-device mesh and
+    onto one device: the same fit up to float summation order."""
+    from jax.experimental import multihost_utils
+
+    from jaxguides.parallel import sharding as _sharding
+
+    def no_gather(*args, **kwargs):
+        raise AssertionError("a checkpoint gathered the state")
+
+    monkeypatch.setattr(_sharding, "gather", no_gather)
+    monkeypatch.setattr(multihost_utils, "process_allgather", no_gather)
+    guide = jg.AutoNormal(hier)
+    kw = dict(shard_plates=PLATES, checkpoint_every=20)
+    straight = _fit(hier, guide, (X, Y), steps=60, mesh=MESH, **kw)
+    mesh2 = Mesh(np.array(jax.devices()[:2]), ("batch",))
+    for name, mesh in (("two", mesh2), ("one", None)):
+        path = tmp_path / f"{name}.ckpt"
+        _fit(hier, guide, (X, Y), steps=40, checkpoint=path, mesh=MESH, **kw)  # "killed" at step 40
+        opts = dict(kw, mesh=mesh) if mesh is not None else dict(checkpoint_every=20)
+        resumed = _fit(hier, guide, (X, Y), steps=60, checkpoint=path, **opts)
+        np.testing.assert_array_equal(resumed.losses[:40], straight.losses[:40])  # read back, bit for bit
+        np.testing.assert_allclose(resumed.losses, straight.losses, rtol=RTOL)
+        _assert_trees_close(resumed.params, straight.params)
+        z = resumed.params.loc["z"]
+        assert len(z.sharding.device_set) == (2 if mesh is not None else 1)  # restored into this fit's layout
+        if mesh is not None:
+            assert z.sharding.spec == PartitionSpec("batch") and z.addressable_shards[0].data.shape == (N // 2,)
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path):
 
     got = np.load(tmp_path / "result.npz")
     assert got["z_spans_processes"] and got["z_local_rows"] == 16  # each process holds half the rows
+    assert got["checkpoint_gathers"] == 0  # no process gathered the state to save or to load it
+    assert got["checkpoint_process_dirs"] == 2  # each process wrote its own shards (ocdbt.process_<i>)
 
     x, y = data()
     guide = jg.AutoNormal(model)
@@ -93,7 +95,7 @@ def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path):
     for name in ("mu", "z"):
         np.testing.assert_allclose(got[f"loc_{name}"], one.params.loc[name], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[f"scale_{name}"], one.params.raw_scale[name], rtol=1e-5, atol=1e-6)
-        # resumed from the gathered checkpoint on the same layout: bit for bit
+        # resumed from the checkpoint, each process reading its own shards: bit for bit
         np.testing.assert_array_equal(got[f"resumed_loc_{name}"], got[f"loc_{name}"])
         np.testing.assert_array_equal(got[f"resumed_scale_{name}"], got[f"scale_{name}"])
     np.testing.assert_allclose(got["losses"], one.losses, rtol=1e-5)

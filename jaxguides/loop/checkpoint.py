@@ -1,149 +1,272 @@
-"""Atomic save / load of a fit's state.
+"""Checkpoints: a directory written through Orbax, never unpickled.
 
-A checkpoint is one file: a magic line, the SHA-256 of the payload, then the
-payload (a pickle of the state with every array moved to host numpy). Writes
-go to a temporary file in the same folder, are fsync'ed, then renamed over
-the target, so a kill during a write leaves the previous checkpoint intact.
-A truncated or corrupted file fails its checksum and is refused.
+The directory format (steps, items, JSON metadata, checksums) is in
+``loop/checkpoint_io.py``, which imports Orbax: it is imported only when a
+checkpoint is written or read, so ``import jaxguides`` does not import Orbax.
 
-Pickle runs code on load: only load checkpoints you wrote.
+A fit's checkpoint holds ``{"state": SVIState, "losses": float32[step],
+"num_skipped": int}`` and, in its JSON, the run that wrote it
+(``loop/run_identity.py``). ``fit`` opens a :class:`Checkpointer` for its length:
+saves are asynchronous (the arrays are copied off their buffers, then written
+while the next chunk runs), the last ``keep`` steps are kept, and ``close``
+waits for the last save.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import os
-import pickle
-import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxguides._errors import CheckpointError
 from jaxguides.loop.run_identity import Record, difference
-from jaxguides.parallel.sharding import gather
 
-__all__ = ["load_checkpoint", "read_fit_checkpoint", "resume_state", "save_checkpoint", "write_fit_checkpoint"]
+__all__ = [
+    "Checkpointer",
+    "load_checkpoint",
+    "opened",
+    "read_fit_checkpoint",
+    "resume_state",
+    "save_checkpoint",
+    "write_fit_checkpoint",
+]
 
-_MAGIC = b"JAXGUIDES-CHECKPOINT-1\n"
-_DIGEST_LEN = 64  # hex sha256
+_OLD_MAGIC = b"JAXGUIDES-CHECKPOINT-1\n"  # the single-file pickle format of jaxguides before Orbax
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: Any) -> None:
-    """Atomically write ``payload`` (any pytree of arrays and picklable leaves)."""
+    """Write ``payload`` into the directory ``path``, replacing what it held, atomically.
+
+    ``payload`` is a pytree of arrays (``jax.Array``, sharded or not, typed PRNG
+    keys included, or NumPy) and ``int`` / ``float`` / ``str`` / ``bool``
+    leaves. Each process writes its own shards of a sharded array (call it on
+    every process). Nothing is pickled; read it back with :func:`load_checkpoint`.
+    """
+    from jaxguides.loop import checkpoint_io as io
+
     path = os.fspath(path)
-    host = jax.tree.map(_to_host, payload)
-    data = pickle.dumps(host, protocol=pickle.HIGHEST_PROTOCOL)
-    digest = hashlib.sha256(data).hexdigest().encode()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+    _refuse_a_file(path)
+    step = 0 if not os.path.isdir(path) else (io.latest_step(path) or 0) + 1
+    mgr = io.manager(path, keep=1, asynchronous=False)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + digest + b"\n" + data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        io.save(mgr, step, payload)
+        mgr.wait_until_finished()
+    finally:
+        mgr.close()
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """Read a checkpoint written by :func:`save_checkpoint`, verifying its checksum.
+def load_checkpoint(path: str | os.PathLike[str], template: Any = None) -> Any:
+    """Read the newest checkpoint in the directory ``path``, checking every array's checksum.
+
+    Args:
+        path: a directory written by :func:`save_checkpoint` or by ``fit``.
+        template: a pytree of the payload's structure (arrays or
+            ``jax.ShapeDtypeStruct``\\ s); its arrays' shapes and dtypes must
+            match, and their shardings say where each array goes (another mesh
+            than the one that wrote it is fine). Without it: a flat ``dict``
+            from each leaf's path (``"state/params/loc/mu"``) to its value,
+            arrays as NumPy (typed keys as keys).
+
+    Returns:
+        The payload: of ``template``'s structure, or the flat dict.
 
     Raises:
-        CheckpointError: the file is not a checkpoint, is truncated or corrupted.
+        CheckpointError: ``path`` is not a checkpoint, is truncated or
+            corrupted, or does not fit ``template``; it is left as it was.
     """
+    from jaxguides.loop import checkpoint_io as io
+
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        raise CheckpointError(path, f"it cannot be read ({err})") from err
-    header_len = len(_MAGIC) + _DIGEST_LEN + 1
-    if not raw.startswith(_MAGIC) or len(raw) < header_len:
-        raise CheckpointError(path, "it is not a jaxguides checkpoint (bad header) or it is truncated")
-    digest, data = raw[len(_MAGIC) : header_len - 1], raw[header_len:]
-    if hashlib.sha256(data).hexdigest().encode() != digest:
-        raise CheckpointError(path, "its checksum does not match (the file is truncated or corrupted)")
-    try:
-        payload = pickle.loads(data)
-    except Exception as err:  # checksum passed: written by an incompatible version
+    step = _committed_step(path)
+    if step is None:
+        raise CheckpointError(path, "it holds no checkpoint (no committed step directory)")
+    meta = io.read_meta(path, step)
+    where = os.path.join(path, str(step))
+    if template is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        entries = meta["leaves"]
+        abstract = [
+            jax.ShapeDtypeStruct(tuple(e["shape"]), e["dtype"], sharding=device) for e in entries if "shape" in e
+        ]
+        arrays = iter(io.restore(path, step, meta, abstract))
+        return {e["path"]: e["value"] if "value" in e else _to_numpy(next(arrays)) for e in entries}
+    return _restore_into(path, step, meta, template, where)
+
+
+def _to_numpy(x: Any) -> Any:
+    return x if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x)
+
+
+def _restore_into(path: str, step: int, meta: dict[str, Any], template: Any, where: str) -> Any:
+    from jaxguides.loop import checkpoint_io as io
+
+    leaves, treedef = jax.tree.flatten(template)
+    entries = meta["leaves"]
+    if meta["treedef"] != str(treedef) or len(entries) != len(leaves):
         raise CheckpointError(
-            path, f"it cannot be unpickled, so another version of jaxguides wrote it ({type(err).__name__}: {err})"
-        ) from err
-    return jax.tree.map(_from_host, payload, is_leaf=lambda x: isinstance(x, _KeyData))
+            where, "its payload has another structure than this one (another model, guide or optimizer)"
+        )
+    abstract = []
+    for e, leaf in zip(entries, leaves):
+        is_array = isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+        if is_array != ("shape" in e):
+            raise CheckpointError(
+                where, f"its leaf {e['path']} is {'not ' if is_array else ''}an array, unlike this one"
+            )
+        if is_array:
+            abstract.append(_abstract(leaf))
+        elif type(e["value"]) is not type(leaf):
+            raise CheckpointError(
+                where, f"its leaf {e['path']} is a {type(e['value']).__name__}, not a {type(leaf).__name__}"
+            )
+    arrays = iter(io.restore(path, step, meta, abstract))
+    return jax.tree.unflatten(treedef, [next(arrays) if "shape" in e else e["value"] for e in entries])
 
 
-@dataclasses.dataclass(frozen=True)
-class _KeyData:
-    """A typed PRNG key array (``jax.random.key``) on host: its raw data and impl name (a pytree leaf)."""
-
-    data: np.ndarray
-    impl: str
-
-
-def _to_host(x: Any) -> Any:
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return _KeyData(np.asarray(jax.random.key_data(x)), str(jax.random.key_impl(x)))
-    return np.asarray(x) if isinstance(x, (jax.Array, np.ndarray)) else x
+def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+    """Where a template leaf's stored array goes: its shape, dtype and sharding (none: NumPy);
+    a typed key's, for its key data."""
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    sharding = leaf.sharding if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)) else None
+    return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=sharding)
 
 
-def _from_host(x: Any) -> Any:
-    return jax.random.wrap_key_data(jax.numpy.asarray(x.data), impl=x.impl) if isinstance(x, _KeyData) else x
+def _refuse_a_file(path: str) -> None:
+    """A file at ``path`` is no checkpoint directory: an old single-file checkpoint says how to finish its run."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(_OLD_MAGIC))
+    if head == _OLD_MAGIC:
+        raise CheckpointError(
+            path,
+            "it is a single-file (pickle) checkpoint of an older jaxguides, and this version reads only checkpoint "
+            "directories written through Orbax (it never unpickles). Finish that run with the jaxguides version that "
+            "started it, or delete the file to start over",
+        )
+    raise CheckpointError(path, "it is a file, not a jaxguides checkpoint directory")
 
 
-# ---- a fit's checkpoint: its state, losses and run record ----------------------------------
+def _committed_step(path: str) -> int | None:
+    """The newest committed step of the checkpoint directory ``path``; ``None`` when it holds none
+    (absent, empty, or only what a save killed before its commit left)."""
+    from jaxguides.loop import checkpoint_io as io
+
+    _refuse_a_file(path)
+    if not os.path.isdir(path):
+        return None
+    step = io.latest_step(path)
+    if step is None and any(".orbax-checkpoint-tmp" not in name for name in os.listdir(path)):
+        raise CheckpointError(path, "it is a directory that holds no jaxguides checkpoint")
+    return step
+
+
+# ---- a fit's checkpoint -----------------------------------------------------------------------------
+class Checkpointer:
+    """``fit``'s checkpoint directory, open for one fit: asynchronous saves, the last ``keep`` kept.
+
+    ``os.fspath(checkpointer)`` is its path. Orbax is started at the first save.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], keep: int = 2):
+        self.path, self.keep = os.fspath(path), keep
+        self._manager: Any = None
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def exists(self) -> bool:
+        """A checkpoint is on disk or on its way there (saved in this fit)."""
+        return self._manager is not None or os.path.isfile(self.path) or _committed_step(self.path) is not None
+
+    def save(self, step: int, payload: Any, extra: dict[str, Any]) -> None:
+        from jaxguides.loop import checkpoint_io as io
+
+        if self._manager is None:
+            self._manager = io.manager(self.path, keep=self.keep)
+        io.save(self._manager, step, payload, extra)  # a step saved already (same state) is skipped by Orbax
+
+    def close(self) -> None:
+        """Wait for the last save to be committed (raising its error, if any)."""
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.close()
+
+
+@contextlib.contextmanager
+def opened(path: str | os.PathLike[str] | None, keep: int = 2) -> Iterator[Checkpointer | None]:
+    """A :class:`Checkpointer` for ``path`` (``None``: none) closed on the way out, so a fit
+    returns or raises only once its last save is committed."""
+    checkpointer = None if path is None else Checkpointer(path, keep)
+    try:
+        yield checkpointer
+    except BaseException:
+        if checkpointer is not None:
+            with contextlib.suppress(Exception):  # the error in flight is the one to report
+                checkpointer.close()
+        raise
+    if checkpointer is not None:
+        checkpointer.close()
+
+
 def write_fit_checkpoint(
-    path: str | os.PathLike[str], state: Any, losses: np.ndarray, skipped: int, run: Record | None = None
+    checkpoint: Checkpointer | str | os.PathLike[str],
+    state: Any,
+    losses: np.ndarray,
+    skipped: int,
+    run: Record | None = None,
 ) -> None:
-    state = gather(state)  # a sharded state, whole on every process (a no-op on one process)
-    if jax.process_index() == 0:
-        save_checkpoint(path, {"state": state, "losses": np.asarray(losses), "num_skipped": skipped, "run": run})
-    if jax.process_count() > 1:  # nobody goes on before the file is complete
-        multihost_utils.sync_global_devices(f"jaxguides checkpoint {os.fspath(path)}")
+    """Save a fit's state as step ``state.step`` (asynchronously, through ``checkpoint``'s manager;
+    a path is written at once). Each process writes its own shards: no gather."""
+    from jaxguides import __version__
+
+    step = int(np.max(jax.device_get(state.step)))
+    payload = {"state": state, "losses": np.array(losses, np.float32), "num_skipped": int(skipped)}
+    extra = {"jaxguides": __version__, "step": step, "run": run}
+    if isinstance(checkpoint, Checkpointer):
+        checkpoint.save(step, payload, extra)
+    else:
+        with opened(checkpoint, keep=2) as once:
+            once.save(step, payload, extra)  # type: ignore[union-attr]
 
 
 def read_fit_checkpoint(path: str, run: Record) -> Any:
-    """A checkpoint's payload, refused unless this run (see ``loop/run_identity.py``) wrote it."""
-    payload = load_checkpoint(path)
-    try:
-        payload["state"], payload["losses"], payload["num_skipped"]  # noqa: B018
-    except (TypeError, KeyError):
-        raise CheckpointError(path, "it does not hold a fit state") from None
-    saved = payload.get("run")
-    if saved is None:
+    """The newest checkpoint in ``path`` (its step and JSON, no array read yet), or ``None`` when
+    there is none; refused unless this run (see ``loop/run_identity.py``) wrote it."""
+    from jaxguides.loop import checkpoint_io as io
+
+    step = _committed_step(path)
+    if step is None:
+        return None
+    meta = io.read_meta(path, step)
+    where = os.path.join(path, str(step))
+    saved = meta.get("run")
+    if not (isinstance(saved, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items())):
         raise CheckpointError(
-            path,
-            "it holds no record of the run that wrote it (model, guide, optimizer, key, data): an older jaxguides "
-            "wrote it, so it cannot be told from another run's; finish that run with the version that started it",
-        )
+            where, "it holds no record of the run that wrote it (model, guide, optimizer, key, data), so it cannot be "
+            "told from another run's",
+        )  # fmt: skip
     if saved != run:
-        raise CheckpointError(path, f"it belongs to another run: {difference(saved, run)}")
-    return payload
+        raise CheckpointError(where, f"it belongs to another run: {difference(saved, run)}")
+    if meta.get("step") != step:
+        raise CheckpointError(where, f"its metadata says step {meta.get('step')!r}, its directory step {step}")
+    return {"step": step, "meta": meta}
 
 
 def resume_state(path: str, payload: Any, template: Any, num_steps: int) -> tuple[Any, np.ndarray, int]:
-    state, losses, skipped = payload["state"], payload["losses"], payload["num_skipped"]
-    same = jax.tree.structure(state) == jax.tree.structure(template) and all(  # type: ignore[operator]
-        np.shape(a) == np.shape(b) and _dtype(a) == _dtype(b)
-        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(template))
-    )
-    if not same:
-        raise CheckpointError(path, "it was written by a fit of another model, guide, optimizer or data shape")
-    if int(state.step) > num_steps:  # going on would overwrite it with a truncated loss history
-        raise CheckpointError(
-            path, f"it is at step {int(state.step)}, past num_steps={num_steps}; pass a larger num_steps"
-        )
-    state = jax.tree.map(jnp.asarray, state)
-    return state, np.asarray(losses), int(skipped)
-
-
-def _dtype(x: Any) -> Any:
-    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    """The saved state, restored into ``template``'s shapes and shardings, its losses and skip count."""
+    step, meta = payload["step"], payload["meta"]
+    where = os.path.join(path, str(step))
+    if step > num_steps:  # going on would overwrite it with a truncated loss history
+        raise CheckpointError(where, f"it is at step {step}, past num_steps={num_steps}; pass a larger num_steps")
+    losses = jax.ShapeDtypeStruct((step,), np.float32)
+    restored = _restore_into(path, step, meta, {"state": template, "losses": losses, "num_skipped": 0}, where)
+    state = restored["state"]
+    if int(np.max(jax.device_get(state.step))) != step:
+        raise CheckpointError(where, f"its state is at step {int(np.max(state.step))}, its directory says {step}")
+    return state, restored["losses"], restored["num_skipped"]

@@ -38,7 +38,7 @@ from jaxguides.loop.args import (
     partition,
     with_concrete_args,
 )
-from jaxguides.loop.checkpoint import read_fit_checkpoint, resume_state, write_fit_checkpoint
+from jaxguides.loop.checkpoint import Checkpointer, opened, read_fit_checkpoint, resume_state, write_fit_checkpoint
 from jaxguides.loop.chunks import (
     chunk_end,
     read_report,
@@ -146,6 +146,7 @@ def fit(
     progress_bar: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_keep: int = 2,
     on_nonfinite: str = "raise",
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -197,14 +198,18 @@ def fit(
             naming them (``jax.Array`` arguments stay traced: name them here).
         loss: ``loss(params, rng_key, *args, **kwargs)``; default ``elbo_loss``.
         progress_bar: show a tqdm bar.
-        checkpoint: path of one checkpoint file. If it exists the fit resumes
-            from it; it is (re)written atomically every ``checkpoint_every``
-            steps, at the end, on a non-finite stop and on Ctrl-C. It records
+        checkpoint: path of a checkpoint directory (written through Orbax,
+            never unpickled). If it holds a checkpoint the fit resumes from its
+            newest step; a step is saved every ``checkpoint_every`` steps, at
+            the end, on a non-finite stop and on Ctrl-C, asynchronously (the
+            next chunk runs while it is written; ``fit`` returns or raises once
+            the last one is committed), each step committed atomically. It records
             its run (model and its config, guide, optimizer, loss, key, the
             arguments' shapes and dtypes and a fingerprint of their data), and
             a checkpoint of another run is refused with
             :class:`CheckpointError` naming what differs.
         checkpoint_every: steps between checkpoints (default: only at the end).
+        checkpoint_keep: how many of the newest saved steps the directory keeps.
         on_nonfinite: ``"raise"`` stops at the first non-finite loss or
             gradient with :class:`NonFiniteLossError` holding the last finite
             params and state; ``"skip"`` leaves params unchanged on such steps,
@@ -226,10 +231,10 @@ def fit(
             that device's own rows. Across processes (``jax.distributed``)
             every process calls ``fit`` alike, with a mesh over
             ``jax.devices()``; ``result.params`` are then global arrays
-            (``multihost_utils.process_allgather`` brings them whole). A
-            checkpoint is gathered into one file written by process 0 (on a
-            filesystem all processes see) and is re-sharded on resume, bit
-            for bit on the same layout.
+            (``multihost_utils.process_allgather`` brings them whole). Each
+            process writes only its own shards of a checkpoint (on a filesystem
+            all processes see) and reads back those of its devices in this
+            fit's layout: bit for bit on the same layout; another mesh is fine.
 
     Returns:
         :class:`FitResult` with ``params``, ``losses`` (``np.ndarray[num_steps]``),
@@ -239,7 +244,8 @@ def fit(
         FitInterrupted: on Ctrl-C (``except jg.FitInterrupted as e: e.params``).
         NonFiniteLossError: a non-finite step (``on_nonfinite="raise"``), or
             every step skipped (``"skip"``).
-        CheckpointError: ``checkpoint`` is damaged or of another run.
+        CheckpointError: ``checkpoint`` is damaged, crafted, in the old
+            single-file format, or of another run.
         ValueError: non-finite data the model would use unmasked.
 
     Examples:
@@ -253,18 +259,21 @@ def fit(
         >>> result.losses.shape
         (500,)
     """
-    options: dict[str, Any] = dict(
-        loss=loss,
-        progress_bar=progress_bar,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        on_nonfinite=on_nonfinite,
-        chunk_size=chunk_size,
-        mesh=mesh,
-        shard_plates=shard_plates,
-    )
-    run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
-    return with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+    if not isinstance(checkpoint_keep, int) or isinstance(checkpoint_keep, bool) or checkpoint_keep < 1:
+        raise ValueError(f"checkpoint_keep must be an int >= 1, got {checkpoint_keep!r}")
+    with opened(checkpoint, checkpoint_keep) as checkpointer:  # returns or raises once the last save is committed
+        options: dict[str, Any] = dict(
+            loss=loss,
+            progress_bar=progress_bar,
+            checkpoint=checkpointer,
+            checkpoint_every=checkpoint_every,
+            on_nonfinite=on_nonfinite,
+            chunk_size=chunk_size,
+            mesh=mesh,
+            shard_plates=shard_plates,
+        )
+        run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
+        return with_concrete_args("fit", run, model, args, kwargs, static_argnames)
 
 
 @interruptible(lambda result: _interrupted_late(result))
@@ -280,7 +289,7 @@ def _fit(
     *,
     loss: Callable[..., jax.Array] | None,
     progress_bar: bool,
-    checkpoint: str | os.PathLike[str] | None,
+    checkpoint: Checkpointer | None,
     checkpoint_every: int | None,
     on_nonfinite: str,
     chunk_size: int | None,
@@ -305,7 +314,7 @@ def _fit(
     )
     end = chunk_end(num_steps, layout)
     init = functools.partial(run_init, guide=guide, optimizer=optimizer, static=static, layout=layout, loss_fn=loss_fn)
-    resuming = checkpoint is not None and os.path.exists(checkpoint)
+    resuming = checkpoint is not None and checkpoint.exists()
     run_id = run_record(model, guide, optimizer, loss, rng_key, args, kwargs) if checkpoint is not None else None
     payload = read_fit_checkpoint(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
@@ -375,7 +384,7 @@ def _fit(
         if done and progress_bar:  # the last line: what the result holds
             last = f"loss (mean of last {done} steps)={nanmean(losses[step - done : step]):.4g}"
             bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
-    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
+    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
         write_fit_checkpoint(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
     if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
         _SEEN.remember(seen, pacer.rate)
@@ -386,7 +395,7 @@ def _fit(
 
 def _interrupted(
     bar: Any,
-    checkpoint: str | os.PathLike[str] | None,
+    checkpoint: Checkpointer | None,
     state: SVIState,
     losses: np.ndarray,
     step: int,
@@ -396,7 +405,7 @@ def _interrupted(
 ) -> FitInterrupted:
     """The error for Ctrl-C at ``step``, after writing the checkpoint (when one is set)."""
     bar.set_description("fit: interrupted", refresh=False)
-    if checkpoint is not None and (last_saved != step or not os.path.exists(checkpoint)):
+    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
         write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
     path = None if checkpoint is None else os.fspath(checkpoint)
     return FitInterrupted(step, state.params, state, losses[:step].copy(), path)
