@@ -21,6 +21,7 @@ import pytest
 from orbax.checkpoint import handlers
 
 import jaxguides as jg
+from jaxguides.loop import checkpoint as _checkpoint
 from jaxguides.loop import checkpoint_io as _checkpoint_io
 from jaxguides.loop import fit as fit_module
 
@@ -546,3 +547,19 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail)
     assert int(jg.load_checkpoint(path)["state/step"]) == 10
     resumed = _run(20, checkpoint=path)  # and the run goes on from it
     np.testing.assert_array_equal(resumed.losses, _run(20).losses)
+
+
+def test_ctrl_c_while_the_last_save_commits_is_a_fit_interrupted(tmp_path, monkeypatch, uninterrupted):
+    # the wait for the last save sits after the steps: a Ctrl-C there still hands back the fit
+    real_close = _checkpoint.Checkpointer.close
+
+    def interrupted_close(self):
+        real_close(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_checkpoint.Checkpointer, "close", interrupted_close)
+    with pytest.raises(jg.FitInterrupted) as err:
+        _run(T, checkpoint=tmp_path / "run.ckpt")
+    assert err.value.step == T
+    _equal(err.value.state, uninterrupted.state)
+    np.testing.assert_array_equal(err.value.losses, uninterrupted.losses)

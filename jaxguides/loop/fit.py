@@ -261,19 +261,28 @@ def fit(
     """
     if not isinstance(checkpoint_keep, int) or isinstance(checkpoint_keep, bool) or checkpoint_keep < 1:
         raise ValueError(f"checkpoint_keep must be an int >= 1, got {checkpoint_keep!r}")
-    with opened(checkpoint, checkpoint_keep) as checkpointer:  # returns or raises once the last save is committed
-        options: dict[str, Any] = dict(
-            loss=loss,
-            progress_bar=progress_bar,
-            checkpoint=checkpointer,
-            checkpoint_every=checkpoint_every,
-            on_nonfinite=on_nonfinite,
-            chunk_size=chunk_size,
-            mesh=mesh,
-            shard_plates=shard_plates,
-        )
-        run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
-        return with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+    result = None
+    try:
+        with opened(checkpoint, checkpoint_keep) as checkpointer:  # returns or raises once the last save is committed
+            options: dict[str, Any] = dict(
+                loss=loss,
+                progress_bar=progress_bar,
+                checkpoint=checkpointer,
+                checkpoint_every=checkpoint_every,
+                on_nonfinite=on_nonfinite,
+                chunk_size=chunk_size,
+                mesh=mesh,
+                shard_plates=shard_plates,
+            )
+            run = functools.partial(_fit, model, guide, optimizer, rng_key, num_steps, **options)
+            result = with_concrete_args("fit", run, model, args, kwargs, static_argnames)
+    except KeyboardInterrupt as err:
+        if result is None or isinstance(err, FitInterrupted):
+            raise
+        # Ctrl-C while the last save was being committed: the finished fit, as the interrupt (the
+        # checkpoint holds its last committed step)
+        raise _interrupted_late(result) from err
+    return result
 
 
 @interruptible(lambda result: _interrupted_late(result))
