@@ -98,7 +98,7 @@ class JgFit(Impl):
         return (_now() - t) / steps, np.asarray(result.losses)
 
 
-def _loss_only(out: Any) -> tuple[Any, Any]:
+def loss_only(out: Any) -> tuple[Any, Any]:
     """``(state, info.loss)`` of ``svi``'s step: what a user's loop keeps (the flags are dead code)."""
     state, info = out
     return state, info.loss
@@ -110,7 +110,7 @@ class JgScan(Impl):
         self.algo = jg.svi(bench.model, _jg_guide(bench, guide), optax.adam(bench.lr))
         rebuild, algo = self.rebuild, self.algo
         self.state = jax.jit(lambda key, arrs: algo.init(key, *rebuild(arrs)))(jax.random.PRNGKey(1), self.arrays)
-        step = jax.jit(lambda s, arrs: _loss_only(algo.step(s, *rebuild(arrs))))
+        step = jax.jit(lambda s, arrs: loss_only(algo.step(s, *rebuild(arrs))))
         self.state, loss = _block(step(self.state, self.arrays))
         self.loops: dict[int, Any] = {}
 
@@ -120,7 +120,7 @@ class JgScan(Impl):
 
             @jax.jit
             def loop(state: Any, arrs: Any) -> Any:
-                return jax.lax.scan(lambda s, _: _loss_only(algo.step(s, *rebuild(arrs))), state, None, length=steps)
+                return jax.lax.scan(lambda s, _: loss_only(algo.step(s, *rebuild(arrs))), state, None, length=steps)
 
             _block(loop(self.state, self.arrays))  # compile; the result is dropped
             self.loops[steps] = loop

@@ -86,7 +86,7 @@ def one_step(impl: Any) -> tuple[Any, tuple[Any, ...], Any]:
         raise TypeError(f"no single step for {type(impl).__name__}")
     algo, rebuild, state = impl.algo, impl.rebuild, impl.state
     return (
-        (lambda s, arrs: (lambda out: (out[0], out[1].loss))(algo.step(s, *rebuild(arrs)))),
+        (lambda s, arrs: impls.loss_only(algo.step(s, *rebuild(arrs)))),
         (state, impl.arrays),
         (state.params, state.opt_state),
     )

@@ -34,11 +34,6 @@ BATCH = 1000
 LR = 0.05
 
 
-def _loss(out: Any) -> tuple[Any, Any]:
-    """``(state, info.loss)`` of ``svi``'s step."""
-    return out[0], out[1].loss
-
-
 def hierarchical(y, sigma, batch):
     """The hierarchical model of ``bench/models.py`` with its plate subsampled."""  # noqa: D401
     mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
@@ -73,6 +68,7 @@ def bytes_per_step(k: int, opt: str) -> int:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import jaxguides as jg
+    from bench.impls import loss_only
 
     k, opt_name = spec["K"], spec["opt"]
     y, sigma = jax.block_until_ready(data(k))
@@ -83,7 +79,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def runner(steps: int) -> Any:
         return jax.jit(
-            lambda s, y, sigma: jax.lax.scan(lambda s, _: _loss(algo.step(s, y, sigma, BATCH)), s, None, length=steps)
+            lambda s, y, sigma: jax.lax.scan(
+                lambda s, _: loss_only(algo.step(s, y, sigma, BATCH)), s, None, length=steps
+            )
         )
 
     out: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Shared test configuration.
 
-Kept minimal on purpose: every test module in ``tests/`` relies on it.
+Kept minimal on purpose: every test module in ``tests/`` and ``bench/tests/`` relies on it.
 """
 
 import jax
