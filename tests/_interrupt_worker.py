@@ -1,11 +1,12 @@
 """A fit run in a fresh process for tests/test_interrupt.py, to be sent SIGINT.
 
-    python tests/_interrupt_worker.py OUT.npz [--checkpoint PATH] [--many] [--steps N]
+    python tests/_interrupt_worker.py OUT.npz [--checkpoint PATH] [--many] [--steps N] [--wait S]
 
 fits :func:`model` (AutoNormal, adam, chunks of 10 steps) and prints markers on
 stdout, so that the test knows when to send SIGINT:
 
-- ``IMPORTED`` once jax and jaxguides are imported, just before ``fit`` is called;
+- ``IMPORTED`` once jax and jaxguides are imported, just before ``fit`` is called
+  (with ``--wait S``, it sleeps S seconds first: a SIGINT then comes before fit);
 - ``INSTALLED`` once ``fit`` has put in its SIGINT handler (it is tracing);
 - ``COMPILING`` once the chunk is traced and XLA compiles it on the other thread;
 - ``CHUNK k`` after the k-th chunk (each chunk then sleeps 10 ms, so a run of
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--checkpoint")
     parser.add_argument("--many", action="store_true")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--wait", type=float, default=0.0)
     opts = parser.parse_args(argv)
 
     import jax
@@ -99,6 +101,7 @@ def main(argv: list[str]) -> None:
     kw = fit_args(opts.steps)
     guide = jg.AutoNormal(me.model)
     print("IMPORTED", flush=True)
+    time.sleep(opts.wait)
     try:
         if opts.many:
             keys = jax.random.split(kw["rng_key"], 3)
