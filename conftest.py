@@ -26,3 +26,20 @@ def _allow_rank_promotion(request):
         return
     with jax.numpy_rank_promotion("allow"):
         yield
+
+
+@pytest.fixture
+def loop_io(monkeypatch):
+    """``loop_io(run_chunk=spy, ...)``: what fit's host loop calls (its seam,
+    ``jaxguides.loop.host_loop.IO``), replaced for one test; returns the real one."""
+    import dataclasses
+
+    from jaxguides.loop import host_loop
+
+    real = host_loop.IO
+
+    def replace(**changes):
+        monkeypatch.setattr(host_loop, "IO", dataclasses.replace(host_loop.IO, **changes))
+        return real
+
+    return replace

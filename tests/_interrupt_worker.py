@@ -64,37 +64,35 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--wait", type=float, default=0.0)
     opts = parser.parse_args(argv)
 
+    import dataclasses
+
     import jax
     import numpy as np
 
     import jaxguides as jg
-    from jaxguides.loop import fit as _fit
+    from jaxguides.loop import host_loop
     from jaxguides.loop import interrupt as _interrupt
 
-    real_install, real_compile_ahead, real_read, chunks = (
-        _interrupt.Interrupts.install,
-        _fit.compile_ahead,
-        _fit.read_report,
-        [],
-    )
+    real_install, real, chunks = _interrupt.Interrupts.install, host_loop.IO, []
 
     def install(self):
         real_install(self)
         print("INSTALLED", flush=True)
 
     def compile_ahead(*args, **kwargs):
-        future = real_compile_ahead(*args, **kwargs)
+        future = real.compile_ahead(*args, **kwargs)
         print("COMPILING", flush=True)
         return future
 
     def read(report):
-        out = real_read(report)
+        out = real.read_report(report)
         chunks.append(1)
         print(f"CHUNK {len(chunks)}", flush=True)
         time.sleep(0.01)
         return out
 
-    _interrupt.Interrupts.install, _fit.compile_ahead, _fit.read_report = install, compile_ahead, read
+    _interrupt.Interrupts.install = install
+    host_loop.IO = dataclasses.replace(real, compile_ahead=compile_ahead, read_report=read)  # the loop's seam
 
     import _interrupt_worker as me  # the model under its module name, as the test imports it
 

@@ -23,7 +23,6 @@ from orbax.checkpoint import handlers
 import jaxguides as jg
 from jaxguides.loop import checkpoint as _checkpoint
 from jaxguides.loop import checkpoint_io as _checkpoint_io
-from jaxguides.loop import fit as fit_module
 
 
 def model(y):
@@ -156,15 +155,14 @@ def test_template_of_another_structure_or_shape_is_refused(tmp_path):
 
 
 # ---- fit writes, resumes ----------------------------------------------------------------------
-def test_fit_writes_checkpoint_every_n_steps_and_keeps_the_last_two(tmp_path, monkeypatch, uninterrupted):
+def test_fit_writes_checkpoint_every_n_steps_and_keeps_the_last_two(tmp_path, loop_io, uninterrupted):
     saved = []
-    real_save = fit_module.write_fit_checkpoint
 
     def spy(path, state, losses, skipped, *run):
         saved.append((int(state.step), len(losses)))
-        real_save(path, state, losses, skipped, *run)
+        real.save(path, state, losses, skipped, *run)
 
-    monkeypatch.setattr(fit_module, "write_fit_checkpoint", spy)
+    real = loop_io(save=spy)
     path = tmp_path / "run.ckpt"
     result = _run(T, checkpoint=path, checkpoint_every=25)
     assert [s for s, _ in saved] == [25, 50, 75, 100, 120]
@@ -207,24 +205,24 @@ def test_resume_is_bit_for_bit(tmp_path, first, uninterrupted):
     _equal(again.state, uninterrupted.state)
 
 
-def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch, uninterrupted):
+def test_killed_run_resumes_bit_for_bit(tmp_path, loop_io, uninterrupted):
     """A run killed mid-way (here: KeyboardInterrupt in the 4th chunk) loses at most
     checkpoint_every steps, and re-running the same command ends where an
     uninterrupted run does."""
     path = tmp_path / "run.ckpt"
-    real_run, calls = fit_module.run_chunk, []
+    calls = []
 
     def dies(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_run(*args, **kwargs)
+        return real.run_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "run_chunk", dies)
+    real = loop_io(run_chunk=dies)
     with pytest.raises(KeyboardInterrupt):
         _run(T, checkpoint=path, checkpoint_every=20, chunk_size=10)
     assert _steps(path) == [20]  # 3 chunks of 10 ran; the last checkpoint was at step 20, committed
-    monkeypatch.setattr(fit_module, "run_chunk", real_run)
+    loop_io(run_chunk=real.run_chunk)
     resumed = _run(T, checkpoint=path, checkpoint_every=20, chunk_size=10)
     np.testing.assert_array_equal(resumed.losses, uninterrupted.losses)
     _equal(resumed.state, uninterrupted.state)
@@ -279,25 +277,24 @@ def _hold_json_writes(monkeypatch, release):
     return held
 
 
-def test_saves_are_asynchronous(tmp_path, monkeypatch, uninterrupted):
+def test_saves_are_asynchronous(tmp_path, monkeypatch, loop_io, uninterrupted):
     """The chunk after a save runs while that save is still being written: each write
     waits for the chunk after its save to start (it would time out, were saves synchronous)."""
     release = threading.Event()
     held = _hold_json_writes(monkeypatch, release)
-    real_run, real_save, saves, committed_at_chunk = fit_module.run_chunk, fit_module.write_fit_checkpoint, [], []
+    saves, committed_at_chunk = [], []
 
     def save(*args):
         saves.append(1)
-        real_save(*args)
+        real.save(*args)
 
     def run(*args, **kwargs):
         if saves:  # a save was started before this chunk: what is committed now, then let it be written
             committed_at_chunk.append(_steps(tmp_path / "run"))
             release.set()
-        return real_run(*args, **kwargs)
+        return real.run_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "write_fit_checkpoint", save)
-    monkeypatch.setattr(fit_module, "run_chunk", run)
+    real = loop_io(save=save, run_chunk=run)
     result = _run(60, checkpoint=tmp_path / "run", checkpoint_every=20, chunk_size=20)
     assert committed_at_chunk[0] == []  # the chunk after the step-20 save began before that save was committed
     assert committed_at_chunk[1] in ([], [20])

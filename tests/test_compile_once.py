@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import jaxguides as jg
-from jaxguides.loop import fit as _fit
+from jaxguides.loop import chunks
 
 TRACES = {"plain": 0, "subsampled": 0}
 
@@ -37,7 +37,7 @@ def subsampled(x):
 
 
 def _caches():
-    return _fit.run_init._cache_size(), _fit.run_chunk._cache_size()
+    return chunks.run_init._cache_size(), chunks.run_chunk._cache_size()
 
 
 @pytest.mark.parametrize(

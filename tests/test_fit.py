@@ -252,23 +252,20 @@ def test_fit_result_and_determinism():
     assert not np.array_equal(different.losses, base.losses)
 
 
-def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
+def test_default_chunks_grow_by_time_and_share_one_compilation(loop_io):
     """By default the first chunk has 64 steps and later ones aim at ~0.25 s of
     work (at most 4,096 steps): a fast step is not dominated by the chunks' fixed
     cost, so the second chunk jumps straight there rather than growing by steps.
     A later fit of the same chunk starts at the rate measured, without the
     64-step probe. Any run length uses the same compilation."""
-    from jaxguides.loop import fit as _fit
-
     jg.clear_caches()  # as in a fresh process: no rate known
-    real, sizes = _fit.run_chunk, []
+    sizes = []
 
     def spy(state, end, dynamic, **static):
         sizes.append(int(end) - int(state.step))
         return real(state, end, dynamic, **static)
 
-    spy.lower = real.lower  # fit compiles the chunk ahead through it, as without the spy
-    monkeypatch.setattr(_fit, "run_chunk", spy)
+    real = loop_io(run_chunk=spy).run_chunk
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 20_000, YC, progress_bar=False)
     assert sizes[0] == 64 and sum(sizes) == 20_000
@@ -281,69 +278,14 @@ def test_default_chunks_grow_by_time_and_share_one_compilation(monkeypatch):
     assert sizes == [777]  # the rate is known: one chunk, no probe
 
 
-def test_a_map_chunk_lowers_no_random_numbers():
-    """A MAP step draws nothing; the seed handler's key splits are dead code that
-    jit does not prune inside a while loop's body, so the chunk prunes them
-    itself (time to first step: they were 40% of a small model's lowering)."""
-    from jaxguides.loop import args as loop_args
-    from jaxguides.loop import fit as _fit
-    from jaxguides.optim.canonical import canonical
-    from jaxguides.svi import step as svi_step
-
-    guide, optimizer = jg.AutoDelta(conjugate), canonical(optax.adam(0.05))
-    dynamic, static = loop_args.partition((YC,), {})
-    state = jax.eval_shape(
-        lambda k: svi_step.init_state(guide, optimizer, k, (YC,), {}, jg.elbo_loss(conjugate, guide)),
-        jax.random.PRNGKey(0),
-    )
-    chunk = dict(
-        loss_fn=jg.elbo_loss(conjugate, guide), optimizer=optimizer, static=static, length=64, skip=False, layout=None
-    )
-    mlir = _fit.run_chunk.lower(state, np.int32(64), dynamic, **chunk).as_text()
-    assert "while" in mlir and "threefry" not in mlir
-    mean_field = dict(chunk, loss_fn=jg.elbo_loss(conjugate, jg.AutoNormal(conjugate)))  # draws: keeps its keys
-    normal_state = jax.eval_shape(
-        lambda k: svi_step.init_state(jg.AutoNormal(conjugate), optimizer, k, (YC,), {}), jax.random.PRNGKey(0)
-    )
-    assert "threefry" in _fit.run_chunk.lower(normal_state, np.int32(64), dynamic, **mean_field).as_text()
-
-
-def test_a_chunk_updates_the_state_in_place_and_leaves_the_callers_arrays_alone():
-    """The chunk's state is donated: XLA aliases every state leaf to its output
-    (no copy into the loop, no second copy in memory); the key and data the
-    user passed to fit are never donated."""
-    from jaxguides.loop import args as loop_args
-    from jaxguides.loop import fit as _fit
-    from jaxguides.optim.canonical import canonical
-    from jaxguides.svi import step as svi_step
-
-    guide, optimizer = jg.AutoNormal(conjugate), canonical(optax.adam(0.05))
-    loss_fn = jg.elbo_loss(conjugate, guide)
-    dynamic, static = loop_args.partition((YC,), {})
-    state = jax.eval_shape(
-        lambda k: svi_step.init_state(guide, optimizer, k, (YC,), {}, loss_fn), jax.random.PRNGKey(0)
-    )
-    chunk = dict(loss_fn=loss_fn, optimizer=optimizer, static=static, length=64, skip=False, layout=None)
-    hlo = _fit.run_chunk.lower(state, np.int32(64), dynamic, **chunk).compile().as_text()
-    aliases = hlo.split("input_output_alias={", 1)[1].split("}, entry_computation_layout", 1)[0]
-    assert aliases.count("may-alias") + aliases.count("must-alias") == len(jax.tree.leaves(state))
-    key, data = jax.random.PRNGKey(3), jnp.asarray(YC)
-    result = jg.fit(conjugate, guide, optax.adam(0.05), key, 200, data, progress_bar=False, chunk_size=50)
-    assert not key.is_deleted() and not data.is_deleted()
-    again = jg.fit(conjugate, guide, optax.adam(0.05), key, 200, data, progress_bar=False, chunk_size=50)
-    np.testing.assert_array_equal(result.losses, again.losses)
-
-
-def test_final_checkpoint_written_once(tmp_path, monkeypatch):
-    from jaxguides.loop import fit as _fit
-
-    real, saved_at = _fit.write_fit_checkpoint, []
+def test_final_checkpoint_written_once(tmp_path, loop_io):
+    saved_at = []
 
     def spy(path, state, losses, skipped, *run):
         saved_at.append(int(state.step))
         return real(path, state, losses, skipped, *run)
 
-    monkeypatch.setattr(_fit, "write_fit_checkpoint", spy)
+    real = loop_io(save=spy).save
     guide, optimizer = jg.AutoNormal(conjugate), optax.adam(0.05)
     path = tmp_path / "run.ckpt"
     jg.fit(conjugate, guide, optimizer, jax.random.PRNGKey(4), 100, YC, progress_bar=False,

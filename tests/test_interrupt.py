@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 import jaxguides as jg
-from jaxguides.loop import fit as _fit
 
 WORKER = Path(__file__).with_name("_interrupt_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -187,8 +186,8 @@ def _small_fit(**options):
                   progress_bar=False, chunk_size=20, **options)  # fmt: skip
 
 
-def _sigint_after_chunk(monkeypatch, k, then=None):
-    real, chunks = _fit.read_report, []
+def _sigint_after_chunk(loop_io, k, then=None):
+    chunks = []
 
     def read(report):
         chunks.append(1)
@@ -199,13 +198,13 @@ def _sigint_after_chunk(monkeypatch, k, then=None):
                 then()
         return real(report)
 
-    monkeypatch.setattr(_fit, "read_report", read)
+    real = loop_io(read_report=read).read_report
 
 
-def test_in_process_interrupt_and_handler_restored(monkeypatch, tmp_path):
+def test_in_process_interrupt_and_handler_restored(loop_io, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     full = _small_fit()
-    _sigint_after_chunk(monkeypatch, 3)
+    _sigint_after_chunk(loop_io, 3)
     with pytest.raises(jg.FitInterrupted) as info:
         _small_fit(checkpoint=tmp_path / "run.ckpt")
     err = info.value
@@ -216,29 +215,28 @@ def test_in_process_interrupt_and_handler_restored(monkeypatch, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
-def test_interrupt_is_not_swallowed_by_an_error(monkeypatch):
+def test_interrupt_is_not_swallowed_by_an_error(loop_io):
     """Ctrl-C, then the fit fails before its next look: a KeyboardInterrupt from the failure."""
 
     def fail():
         raise RuntimeError("boom")
 
-    _sigint_after_chunk(monkeypatch, 2, then=fail)
+    _sigint_after_chunk(loop_io, 2, then=fail)
     with pytest.raises(KeyboardInterrupt) as info:
         _small_fit()
     assert isinstance(info.value.__cause__, RuntimeError)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_interrupt_after_the_last_look_is_not_swallowed(monkeypatch, tmp_path):
+def test_interrupt_after_the_last_look_is_not_swallowed(loop_io, tmp_path):
     """Ctrl-C while the final checkpoint is written, after the loop's last look:
     the finished result comes as FitInterrupted."""
-    real_save = _fit.write_fit_checkpoint
 
     def save_then_sigint(*args):
-        real_save(*args)
+        real.save(*args)
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(_fit, "write_fit_checkpoint", save_then_sigint)  # without checkpoint_every: only the final one
+    real = loop_io(save=save_then_sigint)  # without checkpoint_every: only the final one
     with pytest.raises(jg.FitInterrupted) as info:
         _small_fit(checkpoint=tmp_path / "run.ckpt")
     assert info.value.step == 200 and info.value.losses.shape == (200,)

@@ -1,7 +1,8 @@
 """``fit`` and ``fit_many``: the SVI step (``svi/step.py``) run in compiled chunks.
 
 ``fit`` runs steps in compiled chunks (``loop/chunks.py``; their length:
-``loop/pacing.py``), shows a tqdm bar with the running loss between chunks
+``loop/pacing.py``; the host loop between them, which ``fit_many`` shares:
+``loop/host_loop.py``), shows a tqdm bar with the running loss between chunks
 (``loop/progress.py``), stops on a non-finite step with the last finite state
 (or skips such steps), and writes atomic checkpoints it resumes from bit for
 bit (only for the run that wrote them: ``loop/run_identity.py``). It refuses
@@ -19,39 +20,27 @@ import dataclasses
 import functools
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxguides._caches import BoundedCache
 from jaxguides._errors import FitInterrupted, NonFiniteLossError
 from jaxguides.elbo.loss import ELBOLoss, elbo_loss
+from jaxguides.loop import host_loop
 from jaxguides.loop.args import (
     Static,
     combine,
     partition,
     with_concrete_args,
 )
-from jaxguides.loop.checkpoint import Checkpointer, opened, read_fit_checkpoint, resume_state, write_fit_checkpoint
-from jaxguides.loop.chunks import (
-    chunk_end,
-    read_report,
-    run_chunk,
-    run_chunk_many,
-    run_init,
-    run_init_many,
-)
-from jaxguides.loop.compile import (
-    compile_ahead,
-    compile_beside,
-    wait_for,
-)
+from jaxguides.loop.checkpoint import Checkpointer, opened, read_fit_checkpoint, resume_state
+from jaxguides.loop.chunks import chunk_end, run_init, run_init_many
+from jaxguides.loop.compile import compile_beside, wait_for
 from jaxguides.loop.interrupt import current as current_interrupts
 from jaxguides.loop.interrupt import interruptible
 from jaxguides.loop.pacing import (
@@ -64,7 +53,7 @@ from jaxguides.loop.progress import (
     nanmean,
     progress,
 )
-from jaxguides.loop.run_identity import Record, run_record
+from jaxguides.loop.run_identity import run_record
 from jaxguides.model.data_check import check_finite_data, nonfinite_members
 from jaxguides.optim.canonical import canonical
 from jaxguides.optim.optimizers import as_optax
@@ -328,8 +317,8 @@ def _fit(
     payload = read_fit_checkpoint(os.fspath(checkpoint), run_id) if resuming else None  # type: ignore[arg-type]  # before compiling
     seen = (guide, tuple(sorted(chunk_static.items())), _avals((rng_key, end, dynamic)))
     first = seen not in _SEEN  # then compile the chunk ahead, beside init
-    interrupts = current_interrupts()
-    run = functools.partial(run_chunk, **chunk_static)
+    io = host_loop.IO
+    run = functools.partial(io.run_chunk, **chunk_static)
     with progress(progress_bar, total=num_steps, desc="fit: tracing") as bar:
         # Tracing runs here; XLA compiles on the compile threads while this thread waits in Python,
         # so Ctrl-C is seen at once (and a second one ends the process) even during a long compile.
@@ -337,19 +326,19 @@ def _fit(
         try:
             ahead = first and layout is None and not resuming  # the chunk, from init's shapes, beside init
             if ahead:
-                compiling.append(compile_ahead(init, chunk_static, rng_key, end, dynamic))
+                compiling.append(io.compile_ahead(init, chunk_static, rng_key, end, dynamic))
             if first:
                 compiling.append(compile_beside(init, rng_key, dynamic))
                 bar.set_description("fit: compiling")
             wait_for(compiling)
             state = init(rng_key, dynamic)
             losses = np.full(num_steps, np.nan, np.float32)
-            skipped = 0
+            skipped = np.zeros((), np.int64)
             if payload is not None:
-                state, saved, skipped = resume_state(os.fspath(checkpoint), payload, state, num_steps)  # type: ignore[arg-type]
+                state, saved, saved_skipped = resume_state(os.fspath(checkpoint), payload, state, num_steps)  # type: ignore[arg-type]
                 state = state if layout is None else jax.tree.map(place, state, layout.state_shardings(state))
                 n = min(len(saved), num_steps)
-                losses[:n] = saved[:n]
+                losses[:n], skipped = saved[:n], np.asarray(saved_skipped, np.int64)
             if first and not ahead:  # the chunk, from the state itself (a resumed one, a sharded one)
                 bar.set_description("fit: tracing")
                 compiling.append(compile_beside(run, state, chunk_end(num_steps, layout), dynamic))
@@ -358,66 +347,23 @@ def _fit(
         finally:  # XLA is never left compiling beside an exception (interpreter exit racing it crashed)
             wait_for(compiling)
         step = int(state.step) if resuming else 0  # init starts at 0: no wait for it before the first chunk
-        last_saved, done = step, 0
         if first:
             _SEEN.remember(seen, None)
         pacer = Pacer(num_steps, chunk_size, length, _SEEN.lookup(seen))
+        saver = None if checkpoint is None else host_loop.Saver(checkpoint, checkpoint_every, run_id, step, io)
         begin_steps(bar, step, "fit")
-        while step < num_steps:
-            if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
-                raise _interrupted(bar, checkpoint, state, losses, step, skipped, last_saved, run_id)
-            stop = min(step + pacer.steps, num_steps)
-            if checkpoint is not None and checkpoint_every:
-                stop = min(stop, last_saved + checkpoint_every)
-            started = time.perf_counter()
-            out = run(state, chunk_end(stop, layout), dynamic)
-            chunk_losses, bad_step, chunk_skipped = read_report(out.report)  # one sync, one transfer
-            bad = int(bad_step)
-            done = (bad if bad >= 0 else stop) - step
-            pacer.update(done, time.perf_counter() - started)
-            losses[step : step + done] = chunk_losses[:done]
-            state, step = out.state, step + done
-            skipped += int(chunk_skipped)
-            if bad >= 0:
-                if checkpoint is not None:
-                    write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
-                raise NonFiniteLossError(bad, state.params, state, losses[:bad].copy())
-            if checkpoint is not None and checkpoint_every and step - last_saved >= checkpoint_every:
-                write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
-                last_saved = step
-            if done and progress_bar:  # no refresh of its own: update() redraws at most every 0.1 s
-                bar.set_postfix_str(
-                    f"loss (mean of last chunk)={nanmean(losses[step - done : step]):.4g}", refresh=False
-                )
-            bar.update(done)
-        if done and progress_bar:  # the last line: what the result holds
-            last = f"loss (mean of last {done} steps)={nanmean(losses[step - done : step]):.4g}"
-            bar.set_postfix_str(f"{last}, last={losses[step - 1]:.4g}", refresh=False)
-    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
-        write_fit_checkpoint(checkpoint, state, losses[: min(step, num_steps)], skipped, run_id)
-    if pacer.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
-        _SEEN.remember(seen, pacer.rate)
-    if on_nonfinite == "skip" and skipped:
-        _report_skipped(state, losses, skipped, num_steps)
-    return FitResult(state.params, losses, state, skipped)
-
-
-def _interrupted(
-    bar: Any,
-    checkpoint: Checkpointer | None,
-    state: SVIState,
-    losses: np.ndarray,
-    step: int,
-    skipped: int,
-    last_saved: int,
-    run_id: Record | None,
-) -> FitInterrupted:
-    """The error for Ctrl-C at ``step``, after writing the checkpoint (when one is set)."""
-    bar.set_description("fit: interrupted", refresh=False)
-    if checkpoint is not None and (last_saved != step or not checkpoint.exists()):
-        write_fit_checkpoint(checkpoint, state, losses[:step], skipped, run_id)
-    path = None if checkpoint is None else os.fspath(checkpoint)
-    return FitInterrupted(step, state.params, state, losses[:step].copy(), path)
+        ran = host_loop.run_chunks(
+            run, state, dynamic, losses, skipped, step, pacer=pacer, bar=bar, label="fit",
+            interrupts=current_interrupts(), io=io, layout=layout, saver=saver, show_loss=progress_bar,
+        )  # fmt: skip
+    if saver is not None:
+        saver.save_unless_saved(ran.state, ran.losses, ran.skipped, ran.step)
+    if ran.rate is not None and seen in _SEEN:  # the next fit of this chunk starts at this rate
+        _SEEN.remember(seen, ran.rate)
+    num_skipped = int(ran.skipped)
+    if on_nonfinite == "skip" and num_skipped:
+        _report_skipped(ran.state, ran.losses, num_skipped, num_steps)
+    return FitResult(ran.state.params, ran.losses, ran.state, num_skipped)
 
 
 def _interrupted_late(result: FitResult) -> FitInterrupted:
@@ -545,11 +491,11 @@ def _fit_many(
         )
         check_finite_data(model, *data)
     k = len(rng_keys)
-    interrupts = current_interrupts()
+    io = host_loop.IO
     init = functools.partial(run_init_many, guide=guide, optimizer=optimizer, static=static, batched_args=batched_args)
     length = chunk_length(num_steps, chunk_size) if chunk_size else default_chunk(num_steps)
     run = functools.partial(
-        run_chunk_many,
+        io.run_chunk_many,
         batched_args=batched_args,
         loss_fn=loss_fn,
         optimizer=optimizer,
@@ -557,7 +503,6 @@ def _fit_many(
         length=length,
         skip=True,
     )
-    end = jnp.asarray(num_steps, jnp.int32)
     with progress(progress_bar, total=num_steps, desc=f"fit x{k}: tracing") as bar:
         compiling: list[concurrent.futures.Future[Any]] = []
         try:  # compiled on the compile threads, as in fit
@@ -566,30 +511,15 @@ def _fit_many(
             wait_for(compiling)
             state = init(rng_keys, dynamic)
             bar.set_description(f"fit x{k}: tracing")
-            compiling.append(compile_beside(run, state, end, dynamic))
+            compiling.append(compile_beside(run, state, chunk_end(num_steps, None), dynamic))
             bar.set_description(f"fit x{k}: compiling")
             wait_for(compiling)
         finally:  # XLA is never left compiling beside an exception
             wait_for(compiling)
         losses = np.full((k, num_steps), np.nan, np.float32)
-        skipped = np.zeros(k, np.int64)
-        step = done = 0
         begin_steps(bar, 0, f"fit x{k}")
-        while step < num_steps:
-            if interrupts.requested():  # Ctrl-C: stop here, with the state of the last chunk
-                bar.set_description(f"fit x{k}: interrupted", refresh=False)
-                raise FitInterrupted(step, state.params, state, losses[:, :step].copy())
-            out = run(state, end, dynamic)
-            done = min(length, num_steps - step)
-            chunk_losses, _, chunk_skipped = read_report(out.report)
-            losses[:, step : step + done] = chunk_losses[:, :done]
-            skipped += chunk_skipped
-            state, step = out.state, step + done
-            if progress_bar:
-                mean = nanmean(losses[:, step - done : step])
-                bar.set_postfix_str(f"loss (mean over fits, last chunk)={mean:.4g}", refresh=False)
-            bar.update(done)
-        if done and progress_bar:  # the last line: what the result holds
-            last = nanmean(losses[:, step - 1])
-            bar.set_postfix_str(f"loss (mean over fits, last {done} steps)={mean:.4g}, last={last:.4g}", refresh=False)
-    return FitResult(state.params, losses, state, skipped)
+        ran = host_loop.run_chunks(
+            run, state, dynamic, losses, np.zeros(k, np.int64), 0, pacer=Pacer(num_steps, length, length),
+            bar=bar, label=f"fit x{k}", interrupts=current_interrupts(), io=io, show_loss=progress_bar,
+        )  # fmt: skip
+    return FitResult(ran.state.params, ran.losses, ran.state, ran.skipped)
