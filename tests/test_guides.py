@@ -12,10 +12,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from models import MODELS, SUBSAMPLE, SUBSAMPLE_ROWS, cases
 from numpyro.distributions.transforms import biject_to
 
 import jaxguides as jg
+from helpers.models import MODELS, SUBSAMPLE, SUBSAMPLE_ROWS, cases
 
 GUIDES = [jg.AutoNormal, jg.AutoDelta]
 

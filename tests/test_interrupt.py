@@ -1,6 +1,6 @@
 """Ctrl-C during fit / fit_many: stop at a chunk boundary with jg.FitInterrupted.
 
-In fresh processes (``tests/_interrupt_worker.py``), four at a time: SIGINT
+In fresh processes (``tests/helpers/interrupt_worker.py``), four at a time: SIGINT
 before fit (jax and jaxguides imported), while fit traces, while XLA compiles
 (on the compile thread), and mid-run, two of each; a second SIGINT ends the
 process at once; a checkpoint written on the interrupt resumes to the params
@@ -24,10 +24,9 @@ import numpy as np
 import pytest
 
 import jaxguides as jg
+from helpers import interrupt_worker as worker  # the model the subprocesses fit
 
-WORKER = Path(__file__).with_name("_interrupt_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-import _interrupt_worker as worker  # noqa: E402 (the model the subprocesses fit)
+WORKER = Path(worker.__file__)
 
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
 TIMEOUT = 240
@@ -60,7 +59,7 @@ def _drive_one(name: str, d: Path, results: dict) -> None:
     when, signals, flags = CASES[name]
     cmd = [sys.executable, str(WORKER), str(d / f"{name}.npz"), *(f.format(dir=d) for f in flags)]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=ENV, cwd=str(WORKER.parent.parent), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=ENV, cwd=str(WORKER.parents[2]), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     watchdog = threading.Timer(TIMEOUT, proc.kill)
     watchdog.start()

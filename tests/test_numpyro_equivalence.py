@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import pytest
-from models import MODELS, N_DATA, SUBSAMPLE_ROWS, cases
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 from numpyro.infer.util import log_density
 
 import jaxguides as jg
+from helpers.models import MODELS, N_DATA, SUBSAMPLE_ROWS, cases
 
 GUIDES = {"AutoNormal": (jg.AutoNormal, autoguide.AutoNormal), "AutoDelta": (jg.AutoDelta, autoguide.AutoDelta)}
 RTOL = ATOL = 1e-5

@@ -10,11 +10,11 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from models import cases
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide
 
 import jaxguides as jg
+from helpers.models import cases
 
 GUIDES = {"AutoNormal": (jg.AutoNormal, autoguide.AutoNormal), "AutoDelta": (jg.AutoDelta, autoguide.AutoDelta)}
 

@@ -9,7 +9,7 @@ Complements test_errors.py (bad input at the guide level), test_checkpoint.py
   ``fit`` (the entry point users call), before anything is compiled;
 * numerical extremes: tiny and huge ``init_scale``, priors with mass at the
   edge of their support, a loss that genuinely overflows float32;
-* faults and determinism in fresh processes (``tests/_fit_worker.py``): a fit
+* faults and determinism in fresh processes (``tests/helpers/fit_worker.py``): a fit
   killed with SIGKILL half-way through writing a checkpoint keeps the previous
   checkpoint intact, resumes from it and ends bit-equal to an uninterrupted
   run; a corrupted or truncated checkpoint is refused and left as it was; two
@@ -38,11 +38,10 @@ import optax
 import pytest
 
 import jaxguides as jg
+from helpers import fit_worker as _fit_worker  # the model the subprocesses fit
 
 KEY = jax.random.PRNGKey(0)
-WORKER = Path(__file__).with_name("_fit_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-import _fit_worker  # noqa: E402 (the model the subprocesses fit)
+WORKER = Path(_fit_worker.__file__)
 
 
 def _finite(tree) -> bool:
@@ -443,7 +442,7 @@ def _launch(out: Path, *flags: str, env=None, stdout=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(out), *flags],
         env=env or ENV,
-        cwd=str(WORKER.parent.parent),
+        cwd=str(WORKER.parents[2]),
         stdout=stdout or subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

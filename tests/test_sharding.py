@@ -4,7 +4,7 @@ The sharded tests need several devices, and XLA fixes the device count when
 JAX starts, so they run in child processes and this session keeps its one
 device:
 
-* ``tests/sharded_cases.py`` in its own pytest session with 8 simulated CPU
+* ``tests/helpers/sharded_cases.py`` in its own pytest session with 8 simulated CPU
   devices (sharded == one device, the layout, subsampling, checkpoints, errors);
 * two processes joined by ``jax.distributed.initialize`` over loopback, 2
   devices each, fitting one model on a 4-device mesh, checked here against a
@@ -46,7 +46,7 @@ def _tail(text: str, n: int = 6000) -> str:
 
 
 def test_sharded_cases_on_8_simulated_devices():
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(HERE / "sharded_cases.py")]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(HERE / "helpers" / "sharded_cases.py")]
     env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
@@ -61,10 +61,10 @@ def _free_port() -> int:
 
 
 def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path):
-    from multihost_model import STEPS, data, model
+    from helpers.multihost_model import STEPS, data, model
 
     port = _free_port()
-    cmd = [sys.executable, str(HERE / "multihost_worker.py")]
+    cmd = [sys.executable, str(HERE / "helpers" / "multihost_worker.py")]
     logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]
     procs = [
         subprocess.Popen([*cmd, str(i), str(port), str(tmp_path)], cwd=ROOT, env=_env(), stdout=log, stderr=log)
@@ -108,13 +108,13 @@ PLATES = {"data": "batch"}
 
 
 def _algo():
-    from multihost_model import model
+    from helpers.multihost_model import model
 
     return jg.svi(model, jg.AutoNormal(model), optax.adam(1e-2))
 
 
 def test_state_shardings_split_local_sites_and_their_adam_moments():
-    from multihost_model import data
+    from helpers.multihost_model import data
 
     state = _algo().init(jax.random.PRNGKey(0), *data())
     shardings = jg.state_shardings(state, MESH1, PLATES)
@@ -129,7 +129,7 @@ def test_state_shardings_split_local_sites_and_their_adam_moments():
 
 
 def test_shard_args_leading_axis_rule_and_override():
-    from multihost_model import data
+    from helpers.multihost_model import data
 
     x, y = data()
     params = _algo().init(jax.random.PRNGKey(0), x, y).params
@@ -162,7 +162,7 @@ def test_block_draws_take_an_equal_share_of_each_block_without_repeats():
 
 
 def test_a_one_device_mesh_gives_the_unsharded_fit():
-    from multihost_model import data, model
+    from helpers.multihost_model import data, model
 
     guide = jg.AutoNormal(model)
 
@@ -176,7 +176,7 @@ def test_a_one_device_mesh_gives_the_unsharded_fit():
 
 
 def test_shard_plates_without_a_mesh_is_refused():
-    from multihost_model import data, model
+    from helpers.multihost_model import data, model
 
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
         jg.fit(

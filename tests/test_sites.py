@@ -16,11 +16,11 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from models import MODELS, N_DATA, SUBSAMPLE, Case, cases
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 import jaxguides as jg
+from helpers.models import MODELS, N_DATA, SUBSAMPLE, Case, cases
 
 # name -> {site: (shape, event_dim, unconstrained_shape, unconstrained_event_dim)}
 EXPECTED = {

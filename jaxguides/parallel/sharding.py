@@ -23,7 +23,7 @@ it meets is split). ``fit`` pins the state to this layout with
 shardings and the chunk compiles once. Random draws of split params are the
 same as on one device because ``jax_threefry_partitionable`` (on by default)
 makes random bits independent of the layout; so a sharded fit equals the
-one-device fit up to the order of float sums (``tests/sharded_cases.py``
+one-device fit up to the order of float sums (``tests/helpers/sharded_cases.py``
 asserts ``rtol=1e-5, atol=1e-6`` on 8 simulated devices). Chaotic fits (e.g. the MAP of a
 hierarchical funnel) amplify any change of summation order, as they would a
 change of BLAS.

@@ -1,6 +1,6 @@
 """A fit run in a fresh process for tests/test_interrupt.py, to be sent SIGINT.
 
-    python tests/_interrupt_worker.py OUT.npz [--checkpoint PATH] [--many] [--steps N] [--wait S]
+    python tests/helpers/interrupt_worker.py OUT.npz [--checkpoint PATH] [--many] [--steps N] [--wait S]
 
 fits :func:`model` (AutoNormal, adam, chunks of 10 steps) and prints markers on
 stdout, so that the test knows when to send SIGINT:
@@ -15,8 +15,8 @@ stdout, so that the test knows when to send SIGINT:
 It ends with ``INTERRUPTED step=s state_step=t losses=n`` (and saves the params
 and losses to OUT.npz) on :class:`jg.FitInterrupted`, ``DONE`` (and saves) when
 the fit ran to the end, or a traceback for anything else. The model lives in
-this module, imported as ``_interrupt_worker`` (not ``__main__``), so that a
-checkpoint written here resumes in the test's own process.
+this module, imported as ``helpers.interrupt_worker`` (not ``__main__``), so
+that a checkpoint written here resumes in the test's own process.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 N = 32
 CHUNK = 10
@@ -94,7 +95,8 @@ def main(argv: list[str]) -> None:
     _interrupt.Interrupts.install = install
     host_loop.IO = dataclasses.replace(real, compile_ahead=compile_ahead, read_report=read)  # the loop's seam
 
-    import _interrupt_worker as me  # the model under its module name, as the test imports it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers.*
+    from helpers import interrupt_worker as me  # the model under its module name, as the test imports it
 
     kw = fit_args(opts.steps)
     guide = jg.AutoNormal(me.model)

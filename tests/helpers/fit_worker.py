@@ -1,6 +1,6 @@
 """A fit run in a fresh process, for tests/test_reliability.py.
 
-    python tests/_fit_worker.py OUT.npz [--checkpoint PATH] [--x64]
+    python tests/helpers/fit_worker.py OUT.npz [--checkpoint PATH] [--x64]
 
 fits a small model with a subsampled plate (AutoNormal, adam, checkpoints
 every 50 of 300 steps) and saves to OUT.npz every array a user would keep:

@@ -1,6 +1,6 @@
 """One process of the two-process fit in ``test_sharding.py::test_two_processes_*``.
 
-    python tests/multihost_worker.py PROCESS_ID PORT OUT_DIR
+    python tests/helpers/multihost_worker.py PROCESS_ID PORT OUT_DIR
 
 Each process has 2 simulated CPU devices; ``jax.distributed.initialize``
 joins them over loopback into one 4-device mesh. Both processes call ``fit``
@@ -29,8 +29,8 @@ def main(process_id: int, port: int, out_dir: str) -> None:
 
     import jaxguides as jg
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from multihost_model import STEPS, data, model
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers.*
+    from helpers.multihost_model import STEPS, data, model
 
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
     mesh = Mesh(np.array(jax.devices()), ("batch",))

@@ -5,7 +5,7 @@ Not collected by the main suite (the name does not start with ``test_``):
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``, so the rest of the
 suite keeps one device. To run it by hand:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest tests/sharded_cases.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest tests/helpers/sharded_cases.py
 """
 
 from __future__ import annotations
