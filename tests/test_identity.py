@@ -1,4 +1,4 @@
-"""model_config: the Python values that tell apart model callables of one name."""
+"""model_config: the Python values that tell apart model callables of one name; carried: the walk under it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 from numpyro import handlers
 
-from jaxguides.model.identity import config_difference, model_config, model_name
+import jaxguides as jg
+from jaxguides.model.identity import carried, config_difference, innermost, model_config, model_name
+from jaxguides.optim.canonical import canonical
 
 
 def plain():
@@ -125,3 +128,114 @@ def test_config_difference_names_each_value():
     assert config_difference(a, b) == (
         "extra: None in the params' model, 1 in this guide's; k: 2 in the params' model, 3 in this guide's"
     )
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return self.k * x
+
+
+def test_carried_a_closure_by_cell_name_and_its_defaults_on_request():
+    def make(k, name):
+        def f(x, scale=2.0, *, shift=1.0):
+            return (name, k * scale * x + shift)
+
+        return f
+
+    f = make(3, "a")
+    assert carried(f) == (("k", 3), ("name", "a"))
+    assert carried(f, defaults=True) == (("k", 3), ("name", "a"), ("defaults[0]", 2.0), ("default shift", 1.0))
+    assert carried(plain) == () and carried(jnp.exp) == () and carried(3) == ()
+
+
+def test_carried_a_partial_what_its_function_carries_then_its_arguments():
+    f = factory("a", 2)
+    p = functools.partial(functools.partial(sized, 3), scale=2.0, b=1)  # nested partials are flattened
+    assert carried(p) == (("partial args[0]", 3), ("partial b", 1), ("partial scale", 2.0))
+    assert carried(functools.partial(f, 7)) == (("extra", None), ("k", 2), ("name", "a"), ("partial args[0]", 7))
+    assert innermost(functools.partial(f, 7)) is f
+
+
+def test_carried_a_method_its_function_then_self():
+    scaler = Scaler(2)
+    assert carried(scaler.__call__) == (("self", scaler),)
+    assert innermost(functools.partial(scaler.__call__, 1)) is Scaler.__call__
+    assert carried(FrozenModel(3, jnp.ones(2)).__call__)[0][0] == "self"
+
+
+def test_carried_rebound_cells_only_on_request():
+    def counting(k):
+        calls = 0
+
+        def model():
+            nonlocal calls
+            calls += 1
+            return k
+
+        return model
+
+    model = counting(2)
+    assert carried(model) == (("calls", 0), ("k", 2))
+    assert carried(model, rebound=False) == (("k", 2),)
+
+
+def test_carried_leaves_out_an_empty_cell():
+    def outer():
+        def f():
+            return later
+
+        first = carried(f)
+        later = 1
+        return f, first
+
+    f, before = outer()
+    assert before == () and carried(f) == (("later", 1),)
+
+
+def test_carried_a_recursive_closure_holds_itself():
+    def outer(k):
+        def f(n):
+            return k if n == 0 else f(n - 1)
+
+        return f
+
+    f = outer(2)
+    assert carried(f) == (("f", f), ("k", 2))
+    # identity describes it a few levels deep; canonical's fingerprint meets f again and names it by identity
+    assert dict(model_config(f))["k"] == "2"
+    jg.clear_caches()
+    optimizer = optax.GradientTransformation(init=f, update=f)
+    assert canonical(optimizer) is optimizer and canonical(optimizer) is optimizer
+    other = outer(2)
+    assert canonical(optax.GradientTransformation(init=other, update=other)) is not optimizer
+
+
+def test_canonical_fingerprints_what_carried_gives():
+    def make(k, scale=1.0):
+        def update(x):
+            return k * scale * x
+
+        return update
+
+    jg.clear_caches()
+
+    def gt(fn):
+        return optax.GradientTransformation(init=fn, update=fn)
+
+    base = canonical(gt(make(2)))
+    assert canonical(gt(make(2))) is base  # the same code carrying equal values
+    assert canonical(gt(make(3))) is not base  # another cell value
+    assert canonical(gt(functools.partial(make(2), 1.0))) is not base  # a partial of it
+    assert canonical(gt(functools.partial(sized, 3))) is not canonical(gt(functools.partial(plain, 3)))
+
+    def with_default(x, scale=1.0):
+        return scale * x
+
+    def with_other_default(x, scale=2.0):
+        return scale * x
+
+    with_other_default.__code__ = with_default.__code__  # the same code, only the default differs
+    assert canonical(gt(with_default)) is not canonical(gt(with_other_default))

@@ -5,7 +5,8 @@ name) is not enough: two closures of one factory, or two ``functools.partial``
 of one function, share it. What sets them apart is the Python values they
 carry -- the cells a closure reads, a partial's arguments, the attributes of a
 NumPyro handler and the model it wraps, the fields of a frozen dataclass --
-and :func:`model_config` lists those.
+and :func:`model_config` lists those. :func:`carried` is the one walk over
+what a callable carries; ``optim/canonical.py`` fingerprints the same values.
 
 Only values that cannot change between ``init`` and a later call count: None,
 bools, numbers, strings, enums, classes, tuples and frozensets of these, and
@@ -31,12 +32,26 @@ from typing import Any
 
 from numpyro.primitives import Messenger
 
-__all__ = ["Config", "config_difference", "model_config", "model_name"]
+__all__ = [
+    "ATOMS",
+    "Carried",
+    "Config",
+    "carried",
+    "config_difference",
+    "describe",
+    "innermost",
+    "model_config",
+    "model_name",
+]
 
 Config = tuple[tuple[str, str], ...]
 """``((label, value description), ...)``: e.g. ``(("k", "2"), ("partial args[0]", "'a'"))``."""
 
-_ATOMS = (type(None), bool, int, float, complex, str, bytes, enum.Enum, type(Ellipsis))
+Carried = tuple[tuple[str, Any], ...]
+"""``((label, value), ...)``: e.g. ``(("k", 2), ("partial args[0]", "a"), ("self", obj))``."""
+
+ATOMS = (type(None), bool, int, float, complex, str, bytes, enum.Enum, type(Ellipsis))
+"""The types :func:`describe` gives by ``repr``: immutable, the same in every process."""
 _DEPTH = 3  # levels of nested functions / tuples described; deeper values are left out
 _MAX_LEN = 120  # a longer description is shortened to its start and a digest
 
@@ -74,42 +89,84 @@ def config_difference(made_for: Config, this: Config) -> str:
     return "; ".join(parts)
 
 
+def carried(fn: Any, *, rebound: bool = True, defaults: bool = False) -> Carried:
+    """The labelled Python values a callable carries, ``((label, value), ...)``.
+
+    Labels and order: under a ``functools.partial``, what its ``func`` carries,
+    then ``"partial args[i]"`` and ``"partial <keyword>"`` (sorted); under a
+    bound method, what its function carries, then ``"self"``; a function's
+    filled closure cells by free variable name (empty cells left out, cells
+    the function rebinds with ``nonlocal`` too unless ``rebound``), then with
+    ``defaults`` its ``"defaults[i]"`` and ``"default <keyword>"``; a NumPyro
+    handler's attributes and a frozen dataclass's fields by name (sorted).
+    Anything else carries ``()``.
+
+    Examples:
+        >>> import functools
+        >>> def scaled(x, k):
+        ...     return k * x
+        >>> carried(functools.partial(scaled, k=2))
+        (('partial k', 2),)
+    """
+    if isinstance(fn, functools.partial):
+        keywords = sorted(fn.keywords.items(), key=lambda kv: kv[0])
+        labelled = [(f"args[{i}]", a) for i, a in enumerate(fn.args)] + keywords
+        inner = carried(fn.func, rebound=rebound, defaults=defaults)
+        return inner + tuple((f"partial {label}", v) for label, v in labelled)
+    if isinstance(fn, types.MethodType):
+        return carried(fn.__func__, rebound=rebound, defaults=defaults) + (("self", fn.__self__),)
+    if isinstance(fn, types.FunctionType):
+        left_out = frozenset() if rebound or not fn.__closure__ else _rebound(fn.__code__)
+        cells = tuple(
+            (name, cell.cell_contents)
+            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ())
+            if name not in left_out and _filled(cell)
+        )
+        if not defaults:
+            return cells
+        positional = tuple((f"defaults[{i}]", v) for i, v in enumerate(fn.__defaults__ or ()))
+        keyword = tuple((f"default {k}", v) for k, v in (fn.__kwdefaults__ or {}).items())
+        return cells + positional + keyword
+    if isinstance(fn, Messenger):  # a NumPyro handler: its arguments and the model it wraps
+        return _fields(vars(fn))
+    if _is_frozen_dataclass(fn):
+        return _fields({f.name: getattr(fn, f.name) for f in dataclasses.fields(fn)})
+    return ()
+
+
+def innermost(fn: Any) -> Any:
+    """``fn`` under its partials and bound methods: what runs on :func:`carried`'s values."""
+    while isinstance(fn, (functools.partial, types.MethodType)):
+        fn = fn.func if isinstance(fn, functools.partial) else fn.__func__
+    return fn
+
+
+def _fields(fields: dict[str, Any]) -> Carried:
+    named = ((k, v) for k, v in fields.items() if not k.startswith("__"))  # not functools.wraps' copies
+    return tuple(sorted(named, key=lambda kv: kv[0]))
+
+
 def _config(fn: Any, depth: int) -> Iterator[tuple[str, str]]:
     """``(label, description)`` of each value ``fn`` carries that counts (see module doc)."""
-    if isinstance(fn, functools.partial):
-        yield from _config(fn.func, depth)
-        labelled = [(f"args[{i}]", a) for i, a in enumerate(fn.args)] + sorted(fn.keywords.items())
-        yield from ((f"partial {label}", d) for label, v in labelled if (d := _describe(v, depth)) is not None)
-    elif isinstance(fn, types.MethodType):
-        yield from _config(fn.__func__, depth)
-        if (d := _describe(fn.__self__, depth)) is not None:
-            yield "self", d
-    elif isinstance(fn, types.FunctionType):
-        rebound = _rebound(fn.__code__) if fn.__closure__ else frozenset()
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-            if name not in rebound and _filled(cell) and (d := _describe(cell.cell_contents, depth)) is not None:
-                yield name, d
-    elif isinstance(fn, Messenger):  # a NumPyro handler: its arguments and the model it wraps
-        yield from _fields(vars(fn), depth)
-    elif _is_frozen_dataclass(fn):
-        yield from _fields({f.name: getattr(fn, f.name) for f in dataclasses.fields(fn)}, depth)
+    return ((label, d) for label, v in carried(fn, rebound=False) if (d := describe(v, depth)) is not None)
 
 
-def _fields(fields: dict[str, Any], depth: int) -> Iterator[tuple[str, str]]:
-    named = sorted((k, v) for k, v in fields.items() if not k.startswith("__"))  # not functools.wraps' copies
-    return ((k, d) for k, v in named if (d := _describe(v, depth)) is not None)
+def describe(value: Any, depth: int) -> str | None:
+    """A description of an immutable value, ``depth`` levels deep, the same in every
+    process; ``None``: not counted (see module doc).
 
-
-def _describe(value: Any, depth: int) -> str | None:
-    """A description of an immutable value, the same in every process; ``None``: not counted."""
-    if isinstance(value, _ATOMS):
+    Examples:
+        >>> describe((1, "a"), 3)
+        "(1, 'a')"
+    """
+    if isinstance(value, ATOMS):
         return _short(repr(value))
     if depth <= 0:
         return None
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, (tuple, frozenset)):
-        parts = [_describe(v, depth - 1) for v in value]
+        parts = [describe(v, depth - 1) for v in value]
         if parts and all(p is None for p in parts):
             return None
         if isinstance(value, frozenset):
@@ -152,3 +209,6 @@ def _filled(cell: Any) -> bool:
 def _is_frozen_dataclass(value: Any) -> bool:
     params = getattr(type(value), "__dataclass_params__", None)
     return params is not None and params.frozen and not isinstance(value, type)
+
+
+_ATOMS, _describe = ATOMS, describe  # the names loop/run_identity.py imports, until it takes the public ones

@@ -5,8 +5,10 @@
 ``optax.adam(1e-2)`` objects are different cache keys, so
 ``jg.fit(model, guide, optax.adam(1e-2), ...)`` written inline would compile
 again on every call. :func:`canonical` maps an optimizer to the first one seen
-with the same *structure*: the same code objects, closing over equal Python
-values (numbers, strings, tuples, dicts, functions compared the same way).
+with the same *structure*: the same code objects, carrying equal Python
+values (``model/identity.py``'s :func:`carried`: closure cells, defaults, a
+partial's arguments; numbers, strings, tuples, dicts, functions compared the
+same way).
 Anything else it closes over (arrays, other objects) must be the very same
 object. An optimizer it cannot describe is returned as it is, so the worst
 case is what jit does anyway: a compilation per object.
@@ -19,7 +21,7 @@ import types
 from typing import Any
 
 from jaxguides._caches import BoundedCache
-from jaxguides.model.identity import _filled
+from jaxguides.model.identity import carried, innermost
 
 __all__ = ["canonical"]
 
@@ -39,14 +41,12 @@ def _fingerprint(obj: Any, active: set[int]) -> Any:
             return (type(obj), tuple(_fingerprint(x, active) for x in obj))
         if isinstance(obj, dict):
             return (dict, tuple((_fingerprint(k, active), _fingerprint(v, active)) for k, v in obj.items()))
-        if isinstance(obj, types.FunctionType):
-            cells = tuple(
-                _fingerprint(c.cell_contents, active) if _filled(c) else ("empty",) for c in obj.__closure__ or ()
-            )
-            defaults = _fingerprint((obj.__defaults__, obj.__kwdefaults__), active)
-            return ("function", obj.__code__, id(obj.__globals__), defaults, cells)
-        if isinstance(obj, functools.partial):
-            return ("partial", _fingerprint((obj.func, obj.args, obj.keywords), active))
+        if isinstance(obj, (types.FunctionType, functools.partial)):
+            core = innermost(obj)  # what runs: its code and the globals it reads
+            is_function = isinstance(core, types.FunctionType)
+            runs = (core.__code__, id(core.__globals__)) if is_function else _fingerprint(core, active)
+            values = tuple((label, _fingerprint(v, active)) for label, v in carried(obj, defaults=True))
+            return (type(obj), runs, values)
         return ("object", id(obj))  # kept alive by the registered optimizer, so the id is not reused
     finally:
         active.discard(id(obj))
