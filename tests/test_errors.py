@@ -189,16 +189,6 @@ def test_log_prob_values_missing_or_of_the_wrong_shape(guide_cls):
     assert "(3,)" in str(info.value)
 
 
-def test_numpyro_params_missing_or_of_the_wrong_shape():
-    guide = jg.AutoNormal(positive_model)
-    np_params = jg.to_numpyro_params(guide, guide.init(KEY))
-    missing = {k: v for k, v in np_params.items() if not k.startswith("v_")}
-    with pytest.raises(jg.SiteError, match="'v'"):
-        jg.from_numpyro_params(guide, missing, KEY)
-    with pytest.raises(jg.SiteError, match="v_auto_loc"):
-        jg.from_numpyro_params(guide, {**np_params, "v_auto_loc": jnp.zeros(2)}, KEY)
-
-
 # ---- models that cannot be traced -------------------------------------------------------------------
 @pytest.mark.parametrize("guide_cls", GUIDES)
 def test_model_that_raises_while_traced(guide_cls):

@@ -3,12 +3,19 @@
 ``to_numpyro_params`` gives exactly what ``svi.get_params`` holds for a
 NumPyro ``AutoNormal`` / ``AutoDelta`` with prefix ``"auto"``: constrained
 values, ``{site}_auto_loc`` (and ``{site}_auto_scale`` for AutoNormal).
+
+Each params type registers its own mapping, one implementation per type of
+each of :func:`numpyro_values` and :func:`fields_from_numpyro`
+(``functools.singledispatch``), so a new guide registers itself rather than
+editing a type switch; the model's own ``numpyro.param`` sites are handled
+here, once, for all of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +26,9 @@ from jaxguides.guides.delta import AutoDelta, AutoDeltaParams
 from jaxguides.guides.guide_list import AutoGuideList, AutoGuideListParams
 from jaxguides.guides.normal import _SCALE, AutoNormal, AutoNormalParams
 from jaxguides.model.params import unconstrain_params
+from jaxguides.model.sites import ModelSites
 
-__all__ = ["from_numpyro_params", "to_numpyro_params"]
+__all__ = ["fields_from_numpyro", "from_numpyro_params", "numpyro_values", "to_numpyro_params"]
 
 Guide = AutoNormal | AutoDelta | AutoGuideList
 Params = AutoNormalParams | AutoDeltaParams | AutoGuideListParams
@@ -41,19 +49,7 @@ def to_numpyro_params(guide: Guide, params: Params) -> dict[str, jax.Array]:
         ['x_auto_loc', 'x_auto_scale']
     """
     sites = guide.check_params(params)
-    if isinstance(params, AutoGuideListParams):  # NumPyro's AutoGuideList: its parts' params, merged
-        out = {}
-        for part, part_params in zip(guide.guides, params.parts):  # type: ignore[union-attr]
-            out.update(to_numpyro_params(part, part_params))
-        return {**out, **params.model_param_values}
-    out = {}
-    for site in sites.latents:
-        if isinstance(params, AutoNormalParams):
-            out[f"{site.name}_{PREFIX}_loc"] = params.loc[site.name]
-            out[f"{site.name}_{PREFIX}_scale"] = _SCALE(params.raw_scale[site.name])
-        else:
-            out[f"{site.name}_{PREFIX}_loc"] = site.transform(params.support[site.name])(params.loc[site.name])
-    return {**out, **params.model_param_values}
+    return {**numpyro_values(params, guide, sites), **params.model_param_values}
 
 
 def from_numpyro_params(
@@ -68,23 +64,84 @@ def from_numpyro_params(
     return _filled(guide, params, numpyro_params)
 
 
+@functools.singledispatch
+def numpyro_values(params: Any, guide: Any, sites: ModelSites) -> dict[str, jax.Array]:
+    """The guide's own params (not the model's param sites) under NumPyro's names:
+    ``{name: constrained value}``; one implementation per params type."""
+    _unregistered(params)
+
+
+@functools.singledispatch
+def fields_from_numpyro(params: Any, guide: Any, numpyro_params: dict[str, ArrayLike]) -> dict[str, Any]:
+    """The fields of ``params`` (of ``guide.init``) that hold the guide's own values,
+    from ``numpyro_params`` (``{field: value}``, for ``dataclasses.replace``);
+    one implementation per params type."""
+    _unregistered(params)
+
+
+def _unregistered(params: Any) -> NoReturn:
+    raise TypeError(
+        f"params of type {type(params).__qualname__} have no NumPyro names: only AutoNormal, AutoDelta and "
+        "AutoGuideList params map to NumPyro names; a new guide's params register theirs with "
+        "numpyro_values.register and fields_from_numpyro.register (jaxguides/interop/numpyro_params.py)."
+    )
+
+
+@numpyro_values.register
+def _normal_values(params: AutoNormalParams, guide: AutoNormal, sites: ModelSites) -> dict[str, jax.Array]:
+    out = {}
+    for site in sites.latents:
+        out[f"{site.name}_{PREFIX}_loc"] = params.loc[site.name]
+        out[f"{site.name}_{PREFIX}_scale"] = _SCALE(params.raw_scale[site.name])
+    return out
+
+
+@numpyro_values.register
+def _delta_values(params: AutoDeltaParams, guide: AutoDelta, sites: ModelSites) -> dict[str, jax.Array]:
+    return {
+        f"{site.name}_{PREFIX}_loc": site.transform(params.support[site.name])(params.loc[site.name])
+        for site in sites.latents
+    }
+
+
+@numpyro_values.register
+def _list_values(params: AutoGuideListParams, guide: AutoGuideList, sites: ModelSites) -> dict[str, jax.Array]:
+    out = {}  # NumPyro's AutoGuideList: its parts' params, merged
+    for part, part_params in zip(guide.guides, params.parts):
+        out.update(to_numpyro_params(part, part_params))
+    return out
+
+
 def _filled(guide: Guide, params: Params, numpyro_params: dict[str, ArrayLike]) -> Params:
     """``params`` (of ``guide.init``) with their values from ``numpyro_params``."""
     model_params = unconstrain_params(params.sites.params, _model_param_values(numpyro_params, params), params.support)
-    if isinstance(params, AutoGuideListParams):
-        parts = tuple(_filled(g, p, numpyro_params) for g, p in zip(guide.guides, params.parts))  # type: ignore[union-attr]
-        return dataclasses.replace(params, parts=parts, model_params=model_params)
+    fields = fields_from_numpyro(params, guide, numpyro_params)
+    return dataclasses.replace(params, **fields, model_params=model_params)
+
+
+@fields_from_numpyro.register
+def _normal_fields(params: AutoNormalParams, guide: AutoNormal, numpyro_params: dict[str, ArrayLike]) -> dict[str, Any]:
     locs, scales = {}, {}
     for site in params.sites.latents:
-        if isinstance(params, AutoNormalParams):
-            locs[site.name] = _take(numpyro_params, site.name, "loc", site.unconstrained_shape)
-            scales[site.name] = _SCALE.inv(_take(numpyro_params, site.name, "scale", site.unconstrained_shape))
-        else:
-            point = _take(numpyro_params, site.name, "loc", site.shape)
-            locs[site.name] = site.transform(params.support[site.name]).inv(point)
-    if isinstance(params, AutoNormalParams):
-        return dataclasses.replace(params, loc=locs, raw_scale=scales, model_params=model_params)
-    return dataclasses.replace(params, loc=locs, model_params=model_params)
+        locs[site.name] = _take(numpyro_params, site.name, "loc", site.unconstrained_shape)
+        scales[site.name] = _SCALE.inv(_take(numpyro_params, site.name, "scale", site.unconstrained_shape))
+    return {"loc": locs, "raw_scale": scales}
+
+
+@fields_from_numpyro.register
+def _delta_fields(params: AutoDeltaParams, guide: AutoDelta, numpyro_params: dict[str, ArrayLike]) -> dict[str, Any]:
+    locs = {}
+    for site in params.sites.latents:
+        point = _take(numpyro_params, site.name, "loc", site.shape)
+        locs[site.name] = site.transform(params.support[site.name]).inv(point)
+    return {"loc": locs}
+
+
+@fields_from_numpyro.register
+def _list_fields(
+    params: AutoGuideListParams, guide: AutoGuideList, numpyro_params: dict[str, ArrayLike]
+) -> dict[str, Any]:
+    return {"parts": tuple(_filled(g, p, numpyro_params) for g, p in zip(guide.guides, params.parts))}
 
 
 def _model_param_values(numpyro_params: dict[str, ArrayLike], params: Params) -> dict[str, Any]:
