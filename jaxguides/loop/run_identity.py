@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxguides.model.concrete import leaf_labels
-from jaxguides.model.identity import _ATOMS, _describe, _filled, model_config, model_name
+from jaxguides.model.identity import ATOMS, carried, describe, model_config, model_name
 
 __all__ = ["Record", "difference", "run_record"]
 
@@ -66,7 +66,7 @@ def run_record(
             record[f"shape of {label}"] = f"{leaf.dtype}{list(np.shape(leaf))}"
             record[f"data of {label}"] = fingerprint(leaf)
         else:
-            record[f"value of {label}"] = _describe(leaf, 3) or type(leaf).__qualname__
+            record[f"value of {label}"] = describe(leaf, 3) or type(leaf).__qualname__
     return record
 
 
@@ -107,8 +107,8 @@ def structure(obj: Any, depth: int = _DEPTH) -> str:
 
 
 def _structure(obj: Any, depth: int, active: set[int]) -> str:
-    if isinstance(obj, (*_ATOMS, type)):
-        return _describe(obj, 1) or "?"
+    if isinstance(obj, (*ATOMS, type)):
+        return describe(obj, 1) or "?"
     if isinstance(obj, np.dtype):
         return str(obj)
     if depth <= 0:
@@ -128,11 +128,7 @@ def _structure(obj: Any, depth: int, active: set[int]) -> str:
             name = type(obj).__name__ if hasattr(obj, "_fields") else ""
             return f"{name}(" + ", ".join(inner(v) for v in obj) + ")"
         if isinstance(obj, types.FunctionType):
-            cells = [
-                f"{n}={inner(c.cell_contents)}"
-                for n, c in zip(obj.__code__.co_freevars, obj.__closure__ or ())
-                if _filled(c)
-            ]
+            cells = [f"{name}={inner(value)}" for name, value in carried(obj)]  # its filled closure cells
             return f"{model_name(obj)}(" + ", ".join(cells) + ")"
         if isinstance(obj, functools.partial):
             return f"partial({inner(obj.func)}, {inner(obj.args)}, {inner(obj.keywords)})"

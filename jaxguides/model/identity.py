@@ -209,6 +209,3 @@ def _filled(cell: Any) -> bool:
 def _is_frozen_dataclass(value: Any) -> bool:
     params = getattr(type(value), "__dataclass_params__", None)
     return params is not None and params.frozen and not isinstance(value, type)
-
-
-_ATOMS, _describe = ATOMS, describe  # the names loop/run_identity.py imports, until it takes the public ones
