@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 
 import jaxguides as jg
@@ -210,3 +211,27 @@ def test_model_without_latent_sites(guide_cls):
     with pytest.raises(ValueError, match="no latent") as info:
         guide_cls(observed_only).init(KEY, 1.0)
     assert "observed_only" in str(info.value)
+
+
+def test_model_errors_through_fit():
+    def raises_after_b(y):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        numpyro.sample("b", dist.Normal(a, 1.0))
+        raise KeyError("boom")
+
+    def raises_first(y):
+        raise ZeroDivisionError("early")
+
+    def no_latents(y):
+        numpyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    for guide_cls in (jg.AutoNormal, jg.AutoDelta):
+        with pytest.raises(jg.ModelTraceError, match="'b'") as info:
+            jg.fit(raises_after_b, guide_cls(raises_after_b), optax.adam(0.1), KEY, 5, jnp.ones(3), progress_bar=False)
+        assert info.value.site == "b" and isinstance(info.value.__cause__, KeyError)
+        assert "boom" in str(info.value)
+        with pytest.raises(jg.ModelTraceError, match="before its first site") as info:
+            jg.fit(raises_first, guide_cls(raises_first), optax.adam(0.1), KEY, 5, jnp.ones(3), progress_bar=False)
+        assert info.value.site is None and isinstance(info.value.__cause__, ZeroDivisionError)
+        with pytest.raises(ValueError, match="no latent"):
+            jg.fit(no_latents, guide_cls(no_latents), optax.adam(0.1), KEY, 5, jnp.ones(3), progress_bar=False)

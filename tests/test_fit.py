@@ -637,3 +637,42 @@ def test_clear_caches_forgets_every_cache_and_changes_no_result():
     again = jg.fit(conjugate, guide, optax.adam(0.05), jax.random.PRNGKey(4), 300, YC, progress_bar=False)
     np.testing.assert_array_equal(again.losses, first.losses)
     _equal(again.state, first.state)
+
+
+# ---- a loss that overflows float32 -------------------------------------------------------------------
+KEY = jax.random.PRNGKey(0)
+
+
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def overflow():
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.factor("grow", jnp.exp(x))  # pulls x up ever faster until exp(x) overflows
+
+
+@pytest.mark.parametrize("guide_cls, optimizer", [(jg.AutoDelta, optax.sgd(0.1)), (jg.AutoNormal, optax.adam(2.0))])
+def test_loss_that_overflows_stops_with_the_last_finite_params(guide_cls, optimizer, tmp_path):
+    guide, path = guide_cls(overflow), tmp_path / "run.ckpt"
+    with pytest.raises(jg.NonFiniteLossError) as info:
+        jg.fit(overflow, guide, optimizer, KEY, 400, progress_bar=False, checkpoint=path, checkpoint_every=5)
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert 5 < err.step < 400 and f"step {err.step}" in str(err)
+    assert _finite(err.params) and int(err.state.step) == err.step
+    assert len(err.losses) == err.step and np.all(np.isfinite(err.losses))
+    assert err.losses[-1] < -100.0  # it really was running away, not failing at once
+    # the state on disk is the one attached to the error
+    on_disk = jg.load_checkpoint(path, {"state": err.state, "losses": err.losses, "num_skipped": 0})["state"]
+    for a, b in zip(jax.tree.leaves(on_disk), jax.tree.leaves(err.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # skipping: every later step is skipped, params never become non-finite
+    result = jg.fit(overflow, guide, optimizer, KEY, 400, progress_bar=False, on_nonfinite="skip")
+    assert result.num_skipped > 0 and _finite(result.params)
+
+
+def test_loss_that_overflows_leaves_a_finite_optimizer_state():
+    with pytest.raises(jg.NonFiniteLossError) as info:
+        jg.fit(overflow, jg.AutoNormal(overflow), optax.adam(2.0), KEY, 400, progress_bar=False)
+    assert _finite(info.value.state)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 from numpyro.distributions.transforms import biject_to
 
@@ -410,3 +411,88 @@ def test_get_posterior_matches_the_guide():
         draws = posterior["corr"].sample(jax.random.PRNGKey(1), (10,))
     assert draws.shape == (10, 3, 3)
     assert np.all(np.asarray(params.sites["corr"].support.build(())(draws)))
+
+
+# ---- numerical extremes (float32) --------------------------------------------------------------------
+KEY = jax.random.PRNGKey(0)
+
+
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def mixed_supports(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    s = numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+    p = numpyro.sample("p", dist.Beta(2.0, 2.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu + p, s), obs=y)
+
+
+def real_only(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+Y = jnp.array([0.3, 1.2, -0.5, 0.8, 0.1, 0.7])
+
+
+def test_tiny_init_scale():
+    guide = jg.AutoNormal(mixed_supports, init_scale=1e-6)
+    params = guide.init(KEY, Y)
+    for scale in params.scale.values():
+        np.testing.assert_allclose(scale, 1e-6, rtol=1e-3)
+    draws = guide.sample(params, KEY, Y, sample_shape=(50,))
+    median = guide.median(params)
+    for name in median:  # draws within a few scales of the median, in constrained space
+        assert np.max(np.abs(draws[name] - median[name])) < 1e-4
+    lp = guide.log_prob(params, {n: v[0] for n, v in draws.items()}, Y)
+    assert np.isfinite(lp) and lp > 30.0  # three sites with density ~1e6 each
+    result = jg.fit(mixed_supports, guide, optax.adam(0.05), KEY, 300, Y, progress_bar=False)
+    assert np.all(np.isfinite(result.losses)) and _finite(result.params)
+    assert np.mean(result.losses[-30:]) < np.mean(result.losses[:30])
+    assert all(float(s) > 1e-3 for s in result.params.scale.values())  # the scales grew out of it
+
+
+def test_huge_init_scale():
+    # a real site: every draw is finite, and the fit shrinks the scale
+    guide = jg.AutoNormal(real_only, init_scale=1e3)
+    result = jg.fit(real_only, guide, optax.adam(5.0), KEY, 300, Y, progress_bar=False)
+    assert np.all(np.isfinite(result.losses)) and _finite(result.params)
+    assert float(result.params.scale["mu"]) < 500.0
+    # positive and unit-interval sites: exp / sigmoid of draws of scale 1000 overflow or
+    # saturate, the loss is not finite, and fit stops cleanly with finite params ...
+    guide = jg.AutoNormal(mixed_supports, init_scale=1e3)
+    with pytest.raises(jg.NonFiniteLossError) as info:
+        jg.fit(mixed_supports, guide, optax.adam(0.05), KEY, 300, Y, progress_bar=False)
+    err = info.value
+    assert 0 <= err.step < 300 and f"step {err.step}" in str(err)
+    assert _finite(err.params) and _finite(err.state) and np.all(np.isfinite(err.losses))
+    assert len(err.losses) == err.step
+    # ... or, told to skip, never writes a non-finite param
+    result = jg.fit(mixed_supports, guide, optax.adam(0.05), KEY, 300, Y, progress_bar=False, on_nonfinite="skip")
+    assert result.num_skipped > 0 and _finite(result.params)
+
+
+def edge(y):
+    p = numpyro.sample("p", dist.Beta(0.01, 0.01))  # mass at 0 and 1
+    g = numpyro.sample("g", dist.Gamma(0.5, 1e-6))  # mean 5e5, density infinite at 0
+    numpyro.sample("y", dist.Bernoulli(p), obs=y)
+    numpyro.sample("n", dist.Poisson(g * 1e-5), obs=y.sum())
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+def test_prior_mass_at_the_edge_of_the_support(guide_cls):
+    guide = guide_cls(edge)
+    yb = jnp.array([1.0, 1.0, 1.0, 0.0])
+    try:
+        result = jg.fit(edge, guide, optax.adam(0.1), KEY, 1500, yb, progress_bar=False)
+        params, losses = result.params, result.losses
+    except jg.NonFiniteLossError as err:  # stopping cleanly is fine too
+        params, losses = err.params, err.losses
+        assert len(losses) == err.step
+    assert np.all(np.isfinite(losses)) and _finite(params)
+    median = guide.median(params)
+    assert 0.0 < float(median["p"]) < 1.0 and float(median["g"]) > 0.0  # strictly inside the support
+    assert np.isfinite(jg.elbo_loss(edge, guide)(params, KEY, yb))

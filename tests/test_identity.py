@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
@@ -239,3 +242,79 @@ def test_canonical_fingerprints_what_carried_gives():
 
     with_other_default.__code__ = with_default.__code__  # the same code, only the default differs
     assert canonical(gt(with_default)) is not canonical(gt(with_other_default))
+
+
+# ---- params of a model of the same name, through the loss and the guide ----------------------
+KEY = jax.random.PRNGKey(0)
+
+
+def _factory_model(name: str, k: int):
+    def model():
+        numpyro.sample(name, dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+
+    return model
+
+
+def _sized(k):
+    numpyro.sample("a", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+
+
+def test_params_of_a_same_named_model_are_refused_by_the_loss():
+    """Two closures of one factory (or two partials) share a qualified name; the ELBO
+    refuses the other's params (the guide's check, before the model runs), naming what differs."""
+    model_a, model_b = _factory_model("a", 2), _factory_model("b", 3)
+    params_a = jg.AutoNormal(model_a).init(KEY)
+    with pytest.raises(jg.ParamsMismatchError, match="k: 2 in the params' model, 3 in this guide's"):
+        jg.elbo_loss(model_b, jg.AutoNormal(model_b))(params_a, KEY)
+    p2, p3 = functools.partial(_sized, 2), functools.partial(_sized, 3)
+    with pytest.raises(jg.ParamsMismatchError, match=r"partial args\[0\]: 2 in the params' model, 3"):
+        jg.elbo_loss(p3, jg.AutoNormal(p3))(jg.AutoNormal(p2).init(KEY), KEY)
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+def test_params_of_a_same_named_model_are_refused_by_guide_functions(guide_cls):
+    model_a, model_b = _factory_model("a", 2), _factory_model("b", 3)
+    params_a = guide_cls(model_a).init(KEY)
+    guide_b = guide_cls(model_b)
+    for call in [
+        lambda: guide_b.median(params_a),
+        lambda: guide_b.sample(params_a, KEY),
+        lambda: guide_b.log_prob(params_a, {"a": jnp.zeros(2)}),
+        lambda: jax.jit(guide_b.median)(params_a),
+        lambda: jg.to_numpyro_params(guide_b, params_a),
+    ]:
+        with pytest.raises(jg.ParamsMismatchError, match="name: 'a' in the params' model, 'b' in this guide's"):
+            call()
+    p2, p3 = functools.partial(_sized, 2), functools.partial(_sized, 3)
+    with pytest.raises(jg.ParamsMismatchError, match="_sized"):
+        guide_cls(p3).median(guide_cls(p2).init(KEY))
+
+
+def _data_model(x, scale):
+    sizes = []  # a mutable object the model changes on every call
+
+    def model():
+        sizes.append(x.shape[0])
+        numpyro.sample("w", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
+
+    return model
+
+
+def test_params_are_kept_by_the_same_model_and_its_equal_rebuilds():
+    """A new guide of the same model, a closure rebuilt with the same Python values (here
+    or after pickling), a closure over other arrays (data), one whose list grew: accepted."""
+    model = _data_model(jnp.ones((5, 2)), 1.0)
+    params = jg.AutoNormal(model).init(KEY)
+    same = [
+        model,
+        _data_model(jnp.ones((5, 2)), 1.0),
+        _data_model(jnp.zeros((9, 2)), 1.0),  # other data, same latents
+        functools.partial(_sized, 2),
+    ]
+    for other in same[:3]:
+        for p in (params, pickle.loads(pickle.dumps(params))):
+            np.testing.assert_array_equal(jg.AutoNormal(other).median(p)["w"], params.loc["w"])
+    p2 = jg.AutoNormal(same[3]).init(KEY)
+    jg.AutoNormal(functools.partial(_sized, 2)).median(pickle.loads(pickle.dumps(p2)))
+    with pytest.raises(jg.ParamsMismatchError, match="scale: 1.0 in the params' model, 2.0"):
+        jg.AutoNormal(_data_model(jnp.ones((5, 2)), 2.0)).median(params)

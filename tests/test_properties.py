@@ -163,7 +163,7 @@ def model_specs(draw: st.DrawFn) -> tuple[tuple[tuple[Any, ...], ...], bool]:
         placements = PLACEMENTS
         if subsample and kind in ARRAY_KINDS:
             # an array-valued support cannot vary along a subsampled plate (NumPyro
-            # cannot either): see test_reliability.py::test_array_support_in_subsampled_plate
+            # cannot either): see test_sites.py::test_array_support_in_subsampled_plate
             placements = ("global", "outer")
         placement = draw(st.sampled_from(placements))
         k = draw(st.integers(2, 3))

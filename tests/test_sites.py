@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
@@ -280,3 +281,184 @@ def test_a_feasible_start_is_zero_in_unconstrained_space_exactly(strategy):
         np.testing.assert_allclose(median["simplex"], 0.25, rtol=1e-6)
         np.testing.assert_allclose(median["corr"], jnp.eye(3), atol=1e-6)
         np.testing.assert_allclose(median["unit"], 0.5, rtol=1e-6)
+
+
+# ---- bad input, refused at init or through fit, before compiling -------------------------------------
+KEY = jax.random.PRNGKey(0)
+
+
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def local_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0]):
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+def test_latent_plate_changed_size(guide_cls):
+    """Params for 5 rows of a local latent, data of 7 rows: a SiteError naming the
+    site, raised while tracing -- ``lower`` compiles nothing."""
+    guide = guide_cls(local_model)
+    params = guide.init(KEY, jnp.ones(5))
+    loss = jg.elbo_loss(local_model, guide)
+    assert np.isfinite(loss(params, KEY, jnp.ones(5)))
+    algo = jg.svi(local_model, guide, optax.adam(0.1))
+    state = algo.init(KEY, jnp.ones(5))
+    calls = {
+        "loss": lambda y: loss(params, KEY, y),
+        "lower": lambda y: jax.jit(loss).lower(params, KEY, y),
+        "step": lambda y: jax.jit(algo.step).lower(state, y),
+        "log_prob": lambda y: guide.log_prob(params, {"mu": 0.0, "z": jnp.zeros(y.shape[0])}, y),
+    }
+    for name, call in calls.items():
+        with pytest.raises(jg.SiteError, match="'z'") as info:
+            call(jnp.ones(7))
+        assert info.value.site == "z", name
+        assert "(7,)" in str(info.value) and "(5,)" in str(info.value), name
+
+
+def subsampled_model(y, batch):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0], subsample_size=batch) as idx:
+        z = numpyro.sample("z", dist.Normal(mu, 1.0))
+        numpyro.sample("y", dist.Normal(z, 1.0), obs=y[idx])
+
+
+def test_subsampled_plate_changed_full_size():
+    guide = jg.AutoNormal(subsampled_model)
+    params = guide.init(KEY, jnp.arange(10.0), 4)
+    with pytest.raises(jg.SiteError, match="'z'"):
+        jg.elbo_loss(subsampled_model, guide)(params, KEY, jnp.arange(12.0), 4)
+
+
+def test_subsample_size_changed_through_args_is_refused():
+    seen = []
+
+    def model(y, batch):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", y.shape[0], subsample_size=batch) as idx:
+            seen.append(idx.shape[0])
+            z = numpyro.sample("z", dist.Normal(mu, 1.0))
+            numpyro.sample("y", dist.Normal(z, 1.0), obs=y[idx])
+
+    guide = jg.AutoNormal(model)
+    params = guide.init(KEY, jnp.arange(10.0), 4)
+    # the ELBO draws rows for the subsample size seen at init: another size is refused, never
+    # silently replaced (re-init the guide to change the batch size)
+    with pytest.raises(jg.SiteError, match="subsample 6"):
+        jax.jit(jg.elbo_loss(model, guide), static_argnums=3).lower(params, KEY, jnp.arange(10.0), 6)
+
+
+def bounded_in_subsampled_plate():
+    low = jnp.linspace(-1.0, 1.0, 6)
+    with numpyro.plate("data", 6, subsample_size=3) as idx:
+        numpyro.sample("u", dist.Uniform(low[idx], low[idx] + 1.0))
+
+
+@pytest.mark.parametrize("guide_cls", [jg.AutoNormal, jg.AutoDelta])
+@pytest.mark.allow_rank_promotion  # init_to_median: NumPyro's Uniform.sample((15,)) on a vector site
+def test_array_support_in_subsampled_plate(guide_cls):
+    """Init sees one subsample's bounds: refused at init, naming the site and plate
+    (NumPyro's AutoNormal fails later, deep in JAX). Also under jit."""
+    guide = guide_cls(bounded_in_subsampled_plate)
+    for init in (guide.init, jax.jit(guide.init)):
+        with pytest.raises(jg.SiteError, match="'u'.*'data'") as info:
+            init(KEY)
+        assert info.value.site == "u"
+
+
+def bounds_constant_along_subsampled_plate():
+    with numpyro.plate("data", 6, subsample_size=3):
+        numpyro.sample("u", dist.Uniform(jnp.zeros((1,)), 1.0))
+    with numpyro.plate("rows", 4, dim=-2), numpyro.plate("cols", 6, subsample_size=3):
+        numpyro.sample("v", dist.Uniform(jnp.arange(4.0)[:, None], 5.0))  # varies along 'rows' only
+
+
+def test_array_support_constant_along_subsampled_plate_is_kept():
+    guide = jg.AutoNormal(bounds_constant_along_subsampled_plate)
+    median = guide.median(guide.init(KEY))
+    assert median["u"].shape == (6,) and median["v"].shape == (4, 6)
+    assert bool(jnp.all((median["v"] > jnp.arange(4.0)[:, None]) & (median["v"] < 5.0)))
+
+
+def bounded(low):
+    numpyro.sample("u", dist.Uniform(low, low + 1.0))
+
+
+def test_init_to_value_outside_traced_support_is_checked_outside_jit():
+    """Under jit the bounds are traced, so init cannot check the value (and no longer
+    crashes trying); guide.check_init, run on the concrete args, refuses it."""
+    guide = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 5.0}))
+    jax.jit(guide.init)(KEY, jnp.array(0.0))  # traced bounds: not checkable here, no crash
+    with pytest.raises(jg.SiteError, match="'u'.*support") as info:
+        guide.check_init(KEY, jnp.array(0.0))
+    assert info.value.site == "u"
+    inside = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 0.5}))
+    inside.check_init(KEY, jnp.array(0.0))
+    np.testing.assert_allclose(inside.median(jax.jit(inside.init)(KEY, jnp.array(0.0)))["u"], 0.5, rtol=1e-6)
+
+
+def test_init_to_value_outside_traced_support_through_fit():
+    guide = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 5.0}))
+    with pytest.raises(jg.SiteError, match="'u'"):
+        jg.fit(bounded, guide, optax.adam(0.1), KEY, 5, jnp.array(0.0), progress_bar=False)
+
+
+@pytest.mark.parametrize("batched_args", [False, True])
+def test_init_to_value_outside_traced_support_through_fit_many(batched_args):
+    guide = jg.AutoNormal(bounded, init_loc_fn=jg.init_to_value(values={"u": 5.0}))
+    low = jnp.zeros(3) if batched_args else jnp.array(0.0)
+    keys = jax.random.split(KEY, 3)
+    with pytest.raises(jg.SiteError, match="'u'"):
+        jg.fit_many(bounded, guide, optax.adam(0.1), keys, 5, low, batched_args=batched_args, progress_bar=False)
+
+
+def test_init_to_value_errors_through_fit():
+    """With static bounds the checks work under fit's jitted init too."""
+
+    def positive(y):
+        s = numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("d", s * jnp.sum(w))
+        numpyro.sample("y", dist.Normal(jnp.sum(w), 1.0), obs=y)
+
+    for values, match in [({"s": -1.0}, "support"), ({"s": jnp.nan}, "support"), ({"w": jnp.zeros(4)}, r"\(4,\)")]:
+        guide = jg.AutoNormal(positive, init_loc_fn=jg.init_to_value(values=values))
+        with pytest.raises(jg.SiteError, match=match) as info:
+            jg.fit(positive, guide, optax.adam(0.1), KEY, 5, jnp.array(1.0), progress_bar=False)
+        assert info.value.site == next(iter(values))
+
+
+def closed_edges():
+    numpyro.sample("p", dist.Beta(2.0, 2.0))
+    numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+
+@pytest.mark.parametrize("values", [{"p": 1.0}, {"s": float("inf")}])
+def test_init_to_value_on_the_edge_of_the_support(values):
+    guide = jg.AutoNormal(closed_edges, init_loc_fn=jg.init_to_value(values=values))
+    try:
+        params = guide.init(KEY)
+    except jg.SiteError as err:  # refusing it, naming the site, is fine
+        assert err.site == next(iter(values))
+        return
+    assert _finite(params)  # or clipping it inside
+
+
+def scale_then_use(y):
+    s = numpyro.sample("s", dist.LogNormal(0.0, 1.0))
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(w, s), obs=y)
+
+
+def test_init_to_value_outside_support_used_by_a_later_site():
+    """The value is checked when its site is reached, before 'y' (whose Normal would
+    refuse the negative scale) can fail on it and be blamed."""
+    guide = jg.AutoNormal(scale_then_use, init_loc_fn=jg.init_to_value(values={"s": -1.0}))
+    with pytest.raises(jg.SiteError, match="'s'.*support") as info:
+        guide.init(KEY, 1.0)
+    assert info.value.site == "s"

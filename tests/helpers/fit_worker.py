@@ -1,4 +1,4 @@
-"""A fit run in a fresh process, for tests/test_reliability.py.
+"""A fit run in a fresh process, for tests/test_fresh_processes.py.
 
     python tests/helpers/fit_worker.py OUT.npz [--checkpoint PATH] [--x64]
 
