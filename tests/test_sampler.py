@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_feasible
 
@@ -65,3 +66,50 @@ def test_fresh_rows_in_blocks_come_from_each_block():
     _, rows, _ = step_rows((plate,), None, KEY, None, {"b": 2}, (), {})
     first, second = np.asarray(rows["b"][:2]), np.asarray(rows["b"][2:])
     assert np.all(first < 5) and np.all(second >= 5)
+
+
+# ---- subsample/indices.py: the rows one draw gives ------------------------------------------------
+def test_draw_indices_without_replacement_and_stratified_in_blocks():
+    from jaxguides.subsample.indices import draw_indices, join_blocks
+
+    plain = draw_indices((A, B, C), KEY)
+    assert set(plain) == {"a", "b"}  # C is not subsampled
+    for plate in (A, B):
+        rows = np.asarray(plain[plate.name])
+        assert rows.shape == (plate.subsample_size,) and len(set(rows.tolist())) == plate.subsample_size
+        assert rows.min() >= 0 and rows.max() < plate.size
+    blocked = np.asarray(draw_indices((A,), KEY, blocks={"a": 2})["a"])  # 2 blocks of 6 rows, 2 rows from each
+    assert len(set(blocked.tolist())) == 4
+    assert (blocked[:2] < 6).all() and (blocked[2:] >= 6).all()
+    np.testing.assert_array_equal(join_blocks(jnp.array([[0, 5], [1, 2]]), 6), [0, 5, 7, 8])
+
+
+def test_each_row_is_drawn_with_probability_subsample_over_size():
+    """Unbiased: over many draws every row of a stratified plate comes up 4/12 of the time."""
+    from jaxguides.subsample.indices import draw_indices
+
+    keys = jax.random.split(KEY, 3000)
+    counts = np.zeros(A.size)
+    for blocks in (None, {"a": 2}):
+        draws = np.asarray(jax.vmap(lambda k, b=blocks: draw_indices((A,), k, blocks=b)["a"])(keys))
+        counts = np.bincount(draws.reshape(-1), minlength=A.size) / len(keys)
+        np.testing.assert_allclose(counts, A.subsample_size / A.size, atol=0.03)  # 4 sd of a binomial mean
+
+
+def test_block_sizes_refuse_a_plate_that_does_not_split_evenly():
+    from jaxguides.subsample.indices import block_sizes
+
+    assert block_sizes(A, 2) == (6, 2) and block_sizes(A, 4) == (3, 1)
+    with pytest.raises(ValueError, match="plate 'a'.*multiples of 3"):
+        block_sizes(A, 3)  # 12 rows split, but not 4 batch rows
+
+
+def test_user_plates_must_be_plates():
+    from jaxguides.subsample.indices import user_plate_indices
+
+    assert user_plate_indices(None, KEY, (), {}) == {}
+    rows = user_plate_indices(lambda: numpyro.plate("b", 10, subsample_size=5), KEY, (), {})
+    assert rows["b"].shape == (5,)
+    for wrong, name in ((lambda: 3, "int"), (lambda: [numpyro.plate("b", 10, subsample_size=5), "a"], "list")):
+        with pytest.raises(TypeError, match=f"create_plates.*iterable of plates, got {name}"):
+            user_plate_indices(wrong, KEY, (), {})

@@ -30,9 +30,16 @@ def user_plate_indices(
         return {}
     with handlers.trace() as tr, handlers.seed(rng_seed=rng_key):
         plates = create_plates(*args, **kwargs)
-    plates = [plates] if isinstance(plates, numpyro.plate) else list(plates)
+    got = plates
+    try:
+        plates = [plates] if isinstance(plates, numpyro.plate) else list(plates)
+    except TypeError:
+        plates = [got]
     if not all(isinstance(p, numpyro.plate) for p in plates):
-        raise TypeError("create_plates(*args, **kwargs) must return a numpyro.plate or an iterable of plates")
+        raise TypeError(
+            "create_plates(*args, **kwargs) must return a numpyro.plate or an iterable of plates, "
+            f"got {type(got).__name__}"
+        )
     return {p.name: tr[p.name]["value"] for p in plates}
 
 
