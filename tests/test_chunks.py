@@ -9,19 +9,11 @@ import numpyro.infer
 import optax
 
 import jaxguides as jg
+from helpers.models import YC, conjugate
 from jaxguides.loop import args as loop_args
 from jaxguides.loop.chunks import read_report, run_chunk
 from jaxguides.optim.canonical import canonical
 from jaxguides.svi import step as svi_step
-
-
-def conjugate(y):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
-    with numpyro.plate("data", y.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-
-
-YC = jnp.array([1.3, 2.2, 0.6, 3.0, 1.9])
 
 
 def test_a_map_chunk_lowers_no_random_numbers():

@@ -16,6 +16,7 @@ from numpyro.infer.autoguide import AutoNormal as NumPyroAutoNormal
 from numpyro.optim import optax_to_numpyro
 
 import jaxguides as jg
+from helpers.models import YC, conjugate
 
 
 def _equal(a, b):
@@ -30,13 +31,6 @@ def _decay(lr, steps, final=0.02):
 
 
 # ---- closed-form optima -------------------------------------------------------------------
-def conjugate(y):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
-    with numpyro.plate("data", y.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-
-
-YC = jnp.array([1.3, 2.2, 0.6, 3.0, 1.9])
 
 
 def test_normal_normal_posterior():

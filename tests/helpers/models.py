@@ -257,3 +257,14 @@ def cases(names=None):
         pytest.param(MODELS[n], id=n, marks=() if MODELS[n].rank_clean else pytest.mark.allow_rank_promotion)
         for n in names
     ]
+
+
+# ---- a conjugate model with a closed-form posterior (test_fit.py, test_chunks.py) ----------------
+def conjugate(y):
+    """mu ~ N(0, 2^2), y_i ~ N(mu, 1): the posterior of mu is Normal, in closed form."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+YC = jnp.array([1.3, 2.2, 0.6, 3.0, 1.9])
